@@ -1,0 +1,48 @@
+"""lightning-bet: bit error tolerant binarized neural networks for PyTorch Lightning.
+
+Public names are imported lazily, so ``import lightning_bet`` stays light (no matplotlib, no
+TFLite runtime, no compiled kernels until they are used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # binary building blocks
+    "sign": "lightning_bet.functional.binarize",
+    "binarize_weight": "lightning_bet.functional.binarize",
+    "binarize_activation": "lightning_bet.functional.binarize",
+    "BinaryLinear": "lightning_bet.layers",
+    "BinaryConv2d": "lightning_bet.layers",
+    "clip_latent_weights_": "lightning_bet.layers",
+    # models and training
+    "BNN": "lightning_bet.models",
+    "BinaryBlock": "lightning_bet.models",
+    "OutputLayer": "lightning_bet.models",
+    "build_model": "lightning_bet.models",
+    "BNNClassifier": "lightning_bet.module",
+    # data
+    "DigitsDataModule": "lightning_bet.data.digits",
+    "MNISTDataModule": "lightning_bet.data.idx",
+    "FashionMNISTDataModule": "lightning_bet.data.idx",
+    "CIFAR10DataModule": "lightning_bet.data.cifar",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightning_bet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

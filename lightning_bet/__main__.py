@@ -1,0 +1,3 @@
+from lightning_bet.cli import main
+
+main()
