@@ -22,10 +22,14 @@ def train_recipe(recipe: str | Path, out_dir: Path, *overrides: str) -> dict[str
     """Fit and test a recipe; save ``<out_dir>/model.ckpt``; return test metrics and paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     args = [
-        "--config", str(recipe),
-        "--trainer.default_root_dir", str(out_dir),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        "--config",
+        str(recipe),
+        "--trainer.default_root_dir",
+        str(out_dir),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
         *overrides,
     ]
     cli = make_cli(args, run=False)

@@ -85,8 +85,9 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     """2-D convolution with binary weights ``sign(W)`` and, by default, binary inputs ``sign(x)``.
 
-    Same constructor arguments and defaults as ``nn.Conv2d`` plus ``binarize_input``. Zero padding pads the (binarized) input with 0, as in larq's
-    default; the margin and export code treat padded positions as contributing 0.
+    Same constructor arguments and defaults as ``nn.Conv2d``, plus ``binarize_input``. Zero
+    padding pads the (binarized) input with 0, as in larq's default; the margin and export code
+    treat padded positions as contributing 0.
 
     Args:
         in_channels: as in ``nn.Conv2d``.

@@ -154,7 +154,7 @@ def _fcnn(
             BinaryLinear(n_in, n_out, bias=False, binarize_input=binarize_input or i > 0),
             flatten=i == 0,
         )
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
     ]
     return BNN(input_shape, blocks, OutputLayer(sizes[-1], num_classes, flatten=not blocks))
 

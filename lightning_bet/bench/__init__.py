@@ -24,7 +24,7 @@ BENCHMARKS: dict[str, str] = {
 
 
 def update_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
-    """Merge ``results`` into ``<out_dir>/results.json`` (other keys are kept) and return its path."""
+    """Merge ``results`` into ``<out_dir>/results.json``, keeping other keys; return its path."""
     path = Path(out_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     current = json.loads(path.read_text()) if path.exists() else {}

@@ -27,9 +27,7 @@ def run_benchmarks(names: Sequence[str], out_dir: str) -> dict[str, Any]:
     """Run the named benchmarks (all when empty), merge their results into ``out_dir``."""
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
-        raise ValueError(
-            f"Expected benchmark names among {sorted(BENCHMARKS)}, but got {unknown}"
-        )
+        raise ValueError(f"Expected benchmark names among {sorted(BENCHMARKS)}, but got {unknown}")
     results: dict[str, Any] = {}
     for name in names or list(BENCHMARKS):
         module, _, function = BENCHMARKS[name].partition(":")

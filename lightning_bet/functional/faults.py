@@ -151,7 +151,9 @@ def make_generator(
 
 
 def sample_positions(numel: int, p: float, generator: torch.Generator | None = None) -> Tensor:
-    """Sorted unique positions in ``[0, numel)``, each included independently with probability ``p``.
+    """Sorted unique positions in ``[0, numel)``, each one included with probability ``p``.
+
+    Inclusions are independent across positions.
 
     Args:
         numel: number of positions.
