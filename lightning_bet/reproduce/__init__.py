@@ -1,0 +1,1 @@
+"""``lightning-bet reproduce``: measure the papers' claims end to end (METHOD §8)."""
