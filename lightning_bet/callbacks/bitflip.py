@@ -1,0 +1,409 @@
+"""``BitFlipTraining``: weight-sign-flip training for bit error tolerance (METHOD §3).
+
+Every training micro-batch draws a fresh fault map ``M`` for the selected binary layers from the
+shared fault core (:func:`~lightning_bet.functional.faults.sample_fault_indices`); the forward
+pass computes ``We = M ⊙ sign(W)``. The backward pass depends on ``variant``:
+
+- ``"straight_through"`` (Buschjäger et al., arXiv:2002.00909): ``dL/dWb = dL/dWe``;
+- ``"hirtzlin"`` (Hirtzlin et al., arXiv:1904.03652): ``dL/dWb = M ⊙ dL/dWe`` (the update of a
+  flipped weight is negated).
+
+Both then apply the weight STE ``1{|W| <= 1}``. For the same seed both variants run the identical
+forward pass; their gradients differ exactly on the flipped positions.
+
+How (all O(number of flips), no dense mask): before the forward pass the callback negates the
+latent weights at the fault positions (:func:`~lightning_bet.functional.flips.flip_signs_`), so the
+unchanged layer computes ``sign(-W) = -sign(W)`` there and the STE mask ``|W| <= 1`` is unchanged.
+For ``"hirtzlin"`` a gradient hook on each flipped parameter negates the incoming gradient of this
+micro-batch at the positions *before* it is accumulated into ``.grad`` (so gradient accumulation
+and DDP's all-reduce see the per-rank, per-micro-batch chain rule). After the backward pass the
+saved originals are written back bit for bit. The latent weights are also restored at the end of
+the batch, on exceptions, before validation/test/predict, and a checkpoint never holds flipped
+values (``on_save_checkpoint`` patches its copy without touching the live model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
+from lightning_bet.functional.flips import flip_signs_, negate_at_, restore_, scale_fault_model
+from lightning_bet.layers import BinaryConv2d, BinaryLinear, binary_layers
+
+__all__ = ["VARIANTS", "BitFlipTraining"]
+
+VARIANTS = ("straight_through", "hirtzlin")
+
+#: Strategies that shard parameters: a rank does not hold whole weight tensors to flip.
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def check_rate(name: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a real number in [0, 1], else raise ``ValueError``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or not 0.0 <= value <= 1.0
+    ):
+        raise ValueError(f"Expected `{name}` to be a float in [0, 1], but got {value!r}")
+    return float(value)
+
+
+def _as_relative_fault(fault: FaultModel | dict[str, float | None] | None) -> FaultModel:
+    if fault is None:
+        return FaultModel(p=1.0)
+    if isinstance(fault, dict):
+        try:
+            fault = FaultModel.from_dict(fault)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Invalid `fault` {fault!r}: {error}") from error
+    if not isinstance(fault, FaultModel):
+        raise TypeError(
+            f"Expected `fault` to be a FaultModel, a dict of its arguments or None, but got "
+            f"{fault!r}"
+        )
+    if fault.is_null:
+        raise ValueError(
+            f"Expected `fault` to have at least one non-zero rate or stuck-at fraction, but got "
+            f"{fault.to_dict()}"
+        )
+    return fault
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], nn.Module):
+        return f"({type(item[0]).__name__}, {item[1]!r})"
+    return repr(item)
+
+
+@dataclass
+class _Flipped:
+    """One parameter with its signs negated at ``index``; ``original`` holds the true values."""
+
+    param: Tensor
+    index: Tensor
+    original: Tensor
+    hook: RemovableHandle | None = None
+
+
+class BitFlipTraining(Callback):
+    """Train with random weight sign flips so that the network tolerates RRAM bit errors.
+
+    Args:
+        p: training error rate in [0, 1], or a schedule ``epoch -> rate`` (resolved at every
+            training batch with ``trainer.current_epoch``; an invalid value raises there).
+        variant: ``"straight_through"`` or ``"hirtzlin"`` (see the module docstring).
+        fault: the *relative* fault model, scaled by ``p`` at every batch: ``None`` means
+            symmetric flips with probability ``p`` (``FaultModel(p=1.0)``);
+            ``{"p01": 1.0, "p10": 0.25}`` means a stored ``+1`` reads ``-1`` with probability
+            ``p`` and a stored ``-1`` reads ``+1`` with ``p/4``; ``{"p": 1.0, "stuck_at_1": 0.1}``
+            adds a fraction ``0.1 p`` of cells stuck at bit 1 (re-drawn every batch). A
+            :class:`~lightning_bet.functional.faults.FaultModel` or a dict of its arguments.
+            For anything else (e.g. absolute stuck-at fractions), override :meth:`fault_model`.
+        parameters_to_flip: which weights to flip, in the style of Lightning's ``ModelPruning``:
+            ``(module, "weight")`` pairs of binary layers or qualified module names of binary
+            layers (``"net.blocks.0.layer"``); ``None`` selects every binary layer.
+        include_first: keep the model's first binary layer in the selection.
+        include_last: keep the model's last binary layer (the output layer) in the selection.
+        seed: seed of the fault maps. Micro-batch ``k`` on rank ``r`` uses
+            ``make_generator(seed, "bitflip", r, k)`` (a CPU generator, so maps do not depend on
+            the device), which makes the maps reproducible and resumable.
+        log_rate: log the realized flip rate ``flip/rate`` (and the requested ``flip/p``).
+
+    Example:
+        >>> import lightning as L
+        >>> from lightning_bet.callbacks import BitFlipTraining
+        >>> trainer = L.Trainer(callbacks=[BitFlipTraining(p=0.05, variant="straight_through")])
+
+    """
+
+    def __init__(
+        self,
+        p: float | Callable[[int], float] = 0.01,
+        variant: Literal["straight_through", "hirtzlin"] = "straight_through",
+        fault: FaultModel | dict[str, float | None] | None = None,
+        parameters_to_flip: Sequence[str | tuple[nn.Module, str]] | None = None,
+        include_first: bool = True,
+        include_last: bool = True,
+        seed: int = 0,
+        log_rate: bool = True,
+    ) -> None:
+        if not callable(p):
+            check_rate("p", p)
+        if variant not in VARIANTS:
+            raise ValueError(
+                f"Expected `variant` to be one of {list(VARIANTS)}, but got {variant!r}"
+            )
+        self._relative = _as_relative_fault(fault)
+        if parameters_to_flip is not None:
+            if isinstance(parameters_to_flip, str | tuple) or not isinstance(
+                parameters_to_flip, Sequence
+            ):
+                raise TypeError(
+                    "Expected `parameters_to_flip` to be a list of (module, 'weight') pairs or "
+                    f"module names, or None, but got {parameters_to_flip!r}"
+                )
+            for item in parameters_to_flip:
+                if isinstance(item, str):
+                    continue
+                if not (isinstance(item, tuple) and len(item) == 2):
+                    raise TypeError(
+                        "Expected `parameters_to_flip` entries to be (module, 'weight') pairs or "
+                        f"module names, but got {_describe(item)}"
+                    )
+                self._check_binary(item[0], item[1])
+            if not parameters_to_flip:
+                raise ValueError(
+                    "Expected `parameters_to_flip` to select at least one binary layer (or None "
+                    "for all), but got []"
+                )
+        for name, value in (
+            ("include_first", include_first),
+            ("include_last", include_last),
+            ("log_rate", log_rate),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(f"Expected `{name}` to be a bool, but got {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"Expected `seed` to be an int, but got {seed!r}")
+        self.p = p
+        self.variant = variant
+        self.parameters_to_flip = parameters_to_flip
+        self.include_first = include_first
+        self.include_last = include_last
+        self.seed = seed
+        self.log_rate = log_rate
+        #: micro-batches drawn so far (the position in the fault-map stream; in ``state_dict``).
+        self.micro_step = 0
+        self._targets: list[tuple[str, Tensor]] = []
+        self._flipped: list[_Flipped] = []
+        self.last_indices: list[Tensor] = []
+        self.last_rate = 0.0
+
+    @property
+    def state_key(self) -> str:  # noqa: D102
+        return self._generate_state_key(variant=self.variant, seed=self.seed)
+
+    # ----------------------------------------------------------------------------- policy
+
+    def rate(self, epoch: int) -> float:
+        """The training error rate ``p`` at ``epoch`` (validated)."""
+        if not callable(self.p):
+            return float(self.p)
+        value = self.p(epoch)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or math.isnan(value)
+            or not 0.0 <= value <= 1.0
+        ):
+            raise ValueError(
+                f"Expected the `p` schedule to return a float in [0, 1], but got {value!r} at "
+                f"epoch {epoch}"
+            )
+        return float(value)
+
+    def fault_model(self, epoch: int) -> FaultModel:
+        """The fault model of ``epoch``: the relative ``fault`` scaled by :meth:`rate`.
+
+        Override this one method for other policies (e.g. absolute stuck-at fractions).
+        """
+        p = self.rate(epoch)
+        try:
+            return scale_fault_model(self._relative, p)
+        except ValueError as error:
+            raise ValueError(
+                f"Invalid fault model at `p`={p!r} with `fault`={self._relative.to_dict()}: {error}"
+            ) from error
+
+    # ----------------------------------------------------------------------------- selection
+
+    @staticmethod
+    def _check_binary(module: Any, name: Any) -> None:
+        if not isinstance(module, BinaryLinear | BinaryConv2d) or name != "weight":
+            raise ValueError(
+                "Expected `parameters_to_flip` to select the 'weight' of binary layers "
+                "(BinaryLinear, BinaryConv2d), but got "
+                f"({type(module).__name__}, {name!r})"
+            )
+
+    def _select(self, pl_module: nn.Module) -> list[tuple[str, Tensor]]:
+        layers = list(binary_layers(pl_module))
+        if not layers:
+            raise ValueError(
+                "Expected the model to contain binary layers to flip, but "
+                f"{type(pl_module).__name__} has none"
+            )
+        if self.parameters_to_flip is None:
+            chosen = [module for _, module in layers]
+        else:
+            chosen = []
+            for item in self.parameters_to_flip:
+                if isinstance(item, str):
+                    try:
+                        module = pl_module.get_submodule(item)
+                    except AttributeError as error:
+                        raise ValueError(
+                            "Expected `parameters_to_flip` entries to name modules of the "
+                            f"model, but got {item!r}"
+                        ) from error
+                    self._check_binary(module, "weight")
+                else:
+                    module = item[0]
+                if not any(module is m for _, m in layers):
+                    raise ValueError(
+                        "Expected `parameters_to_flip` to select layers of the trained model, but "
+                        f"got {_describe(item)}, which is not part of it"
+                    )
+                if not any(module is m for m in chosen):
+                    chosen.append(module)
+        if not self.include_first:
+            chosen = [m for m in chosen if m is not layers[0][1]]
+        if not self.include_last:
+            chosen = [m for m in chosen if m is not layers[-1][1]]
+        if not chosen:
+            raise ValueError(
+                "Expected a non-empty selection of binary layers to flip, but "
+                f"`parameters_to_flip`={self.parameters_to_flip!r} with "
+                f"`include_first`={self.include_first} and `include_last`={self.include_last} "
+                "selects none"
+            )
+        names = {id(param): name for name, param in pl_module.named_parameters()}
+        return [(names.get(id(m.weight), ""), m.weight) for m in chosen]
+
+    # ----------------------------------------------------------------------------- flipping
+
+    def flip(self, epoch: int, rank: int = 0) -> float:
+        """Draw this micro-batch's fault map and negate the selected weights' signs there.
+
+        Call :meth:`restore` after the backward pass. Returns the realized flip rate.
+        """
+        self.restore()
+        model = self.fault_model(epoch)
+        generator = make_generator(self.seed, "bitflip", rank, self.micro_step)
+        self.micro_step += 1
+        self.last_indices = []
+        flips = bits = 0
+        try:
+            for _, param in self._targets:
+                index = sample_fault_indices(param.detach(), model, generator)
+                self.last_indices.append(index)
+                bits += param.numel()
+                flips += index.numel()
+                if index.numel() == 0:
+                    continue
+                index = index.to(param.device)
+                entry = _Flipped(param, index, flip_signs_(param, index))
+                self._flipped.append(entry)
+                if self.variant == "hirtzlin":
+                    entry.hook = param.register_hook(_Negate(index))
+        except BaseException:
+            self.restore()
+            raise
+        self.last_rate = flips / bits if bits else 0.0
+        return self.last_rate
+
+    def restore(self) -> None:
+        """Write back the true latent weights (and drop gradient hooks). Idempotent."""
+        flipped, self._flipped = self._flipped, []
+        for entry in flipped:
+            if entry.hook is not None:
+                entry.hook.remove()
+            restore_(entry.param, entry.index, entry.original)
+
+    @property
+    def is_flipped(self) -> bool:
+        """True between :meth:`flip` and :meth:`restore`."""
+        return bool(self._flipped)
+
+    # ----------------------------------------------------------------------------- hooks
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
+        strategy = trainer.strategy
+        sharded = [c.__name__ for c in type(strategy).__mro__ if c.__name__ in _SHARDED_STRATEGIES]
+        if sharded:
+            raise ValueError(
+                f"{type(self).__name__} needs whole weight tensors on every rank, but the "
+                f"strategy {type(strategy).__name__} shards parameters; use a single device or "
+                "DDP"
+            )
+        self._targets = self._select(pl_module)
+
+    def on_train_batch_start(  # noqa: D102
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        rate = self.flip(trainer.current_epoch, trainer.global_rank)
+        if self.log_rate:
+            pl_module.log("flip/rate", rate, on_step=True, on_epoch=True, batch_size=1)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self.restore()
+
+    def on_train_batch_end(  # noqa: D102
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.restore()  # no backward happened (e.g. training_step returned None)
+
+    def on_exception(  # noqa: D102
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.restore()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self.restore()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self.restore()
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self.restore()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self.restore()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
+        self.restore()
+
+    def on_save_checkpoint(  # noqa: D102
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Only reachable mid-step if someone saves inside training_step; patch the copy, never
+        # the live model (its forward/backward is still in flight).
+        state = checkpoint.get("state_dict", {})
+        names = {id(param): name for name, param in self._targets}
+        for entry in self._flipped:
+            key = names.get(id(entry.param))
+            if key in state:
+                clean = state[key].detach().clone()
+                restore_(clean, entry.index.to(clean.device), entry.original.to(clean.device))
+                state[key] = clean
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"micro_step": self.micro_step, "seed": self.seed, "variant": self.variant}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        self.micro_step = int(state_dict["micro_step"])
+
+
+class _Negate:
+    """Gradient hook ``g -> g`` with ``g.flatten()[index]`` negated (picklable, no closure)."""
+
+    def __init__(self, index: Tensor) -> None:
+        self.index = index
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        return negate_at_(grad, self.index)
