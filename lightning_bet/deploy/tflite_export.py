@@ -10,8 +10,7 @@ Graph, for a batch of ``N`` samples (the batch dimension is dynamic: ``shape_sig
 
 - input ``q``: float32 ``(N, F)`` holding the integer pixels ``q`` in ``[0, input_levels]``
   (float32 rather than uint8 so that any ``input_levels`` works and no CAST is needed; integers
-  below ``2**24`` are exact in float32). If the first layer has ``binary_input``, the input is
-  first mapped to ``sign(q)`` with ``GREATER_EQUAL`` + ``SELECT_V2``.
+  below ``2**24`` are exact in float32).
 - hidden layer ``l`` with weights ``W``, thresholds ``T`` and directions ``d``: the direction is
   folded into the layer, ``z = FULLY_CONNECTED(v, weights=d * W, bias=-d * T) = d * (a - T)``
   (``d * W`` is still in ``{-1, +1}``), then ``v = SELECT_V2(GREATER_EQUAL(z, 0), +1, -1)``.
@@ -27,7 +26,7 @@ inputs bounded by ``m`` (``m = input_levels`` for pixel inputs, 1 for ``±1`` in
 n * m``; thresholds are clamped to ``[-(B + 1), B + 1]`` (which does not change any output, since
 ``a`` never leaves ``[-B, B]``), so partial sums including the bias stay within ``2 B + 1``.
 :func:`write_tflite` raises a ``ValueError`` if ``2 B + 1 > 2**24`` for any layer (e.g. more than
-32 767 pixel inputs at 255 levels, or more than 8 388 607 binary inputs): far above the reference
+32 896 pixel inputs at 255 levels, or more than 8 388 607 binary inputs): far above the reference
 networks (``784 * 255 = 199 920`` for FashionMNIST).
 
 Size: float32 weights take 32 bits per binary weight (``weights="float32"``, the default, runs
@@ -206,10 +205,11 @@ def _validated_layers(
                 f"Expected `{prefix}.weight` to have {width} inputs (the outputs of "
                 f"model.layers[{i - 1}]), but got shape {weight.shape}"
             )
-        if i > 0 and not layer.binary_input:
+        if bool(layer.binary_input) != (i > 0):
             raise ValueError(
-                f"Expected `{prefix}.binary_input` to be True (its input is the +1/-1 output of "
-                f"model.layers[{i - 1}]), but got False"
+                f"Expected `{prefix}.binary_input` to be {i > 0} (the first layer takes integer "
+                f"pixels, later layers the +1/-1 outputs of the layer before), but got "
+                f"{layer.binary_input!r}"
             )
         if is_output:
             if layer.threshold is not None or layer.direction is not None:
@@ -290,8 +290,6 @@ def _build_graph(model: DeployModel, weights: str) -> tuple[_Graph, int, tuple[i
 
     x = graph.activation("q", _FLOAT32, layers[0][0].shape[1])
     v = x
-    if layers[0][3]:
-        v = sign("input_sign", x, layers[0][0].shape[1])
     for i, (w, t, d, _, bound) in enumerate(layers[:-1]):
         out = w.shape[0]
         d64 = d.astype(np.int64)
