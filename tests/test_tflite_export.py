@@ -1,7 +1,10 @@
 """TFLite export: agreement with deploy mode, builtin-op graph, validation, sizes."""
 
 import copy
+import json
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from lightning_bet.deploy.tflite_export import (
 )
 
 RESOLVERS = ["auto", "builtin", "reference"]
+_WEIGHTS = ["float32", "int8"]
 ALLOWED_OPS = {"FULLY_CONNECTED", "GREATER_EQUAL", "SELECT_V2", "ARG_MAX", "DEQUANTIZE"}
 
 
@@ -443,3 +447,100 @@ def test_empty_batch_and_uint8_inputs():
     assert preds.shape == (0,) and logits.shape == (0, 3)
     q = np.array([[4, 0, 4], [1, 2, 3]], np.uint8)
     np.testing.assert_array_equal(run_tflite(data, q)[1], reference_logits(model, q))
+
+
+GOLDEN = Path(__file__).parent / "golden" / "tflite_small.json"
+
+
+def describe_tflite(data: bytes) -> dict:
+    """Everything that defines the graph, read with the schema classes, as JSON-able data."""
+    import tflite
+
+    parsed = tflite.Model.GetRootAsModel(data, 0)
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+    numpy_types = {"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8}
+    graph = parsed.Subgraphs(0)
+    tensors = []
+    for i in range(graph.TensorsLength()):
+        t = graph.Tensors(i)
+        raw = parsed.Buffers(t.Buffer()).DataAsNumpy()
+        entry = {
+            "name": t.Name().decode(),
+            "type": types[t.Type()],
+            "shape": t.ShapeAsNumpy().tolist() if t.ShapeLength() else [],
+            "shape_signature": t.ShapeSignatureAsNumpy().tolist()
+            if t.ShapeSignatureLength()
+            else None,
+            "data": None
+            if isinstance(raw, int)
+            else np.frombuffer(raw.tobytes(), numpy_types[types[t.Type()]]).tolist(),
+        }
+        q = t.Quantization()
+        if q is not None and q.ScaleLength():
+            entry["quantization"] = [q.ScaleAsNumpy().tolist(), q.ZeroPointAsNumpy().tolist()]
+        tensors.append(entry)
+    operators = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = parsed.OperatorCodes(op.OpcodeIndex())
+        operators.append(
+            {
+                "op": names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())],
+                "version": code.Version(),
+                "inputs": op.InputsAsNumpy().tolist(),
+                "outputs": op.OutputsAsNumpy().tolist(),
+                "options_type": op.BuiltinOptionsType(),
+            }
+        )
+    return {
+        "version": parsed.Version(),
+        "description": parsed.Description().decode(),
+        "inputs": graph.InputsAsNumpy().tolist(),
+        "outputs": graph.OutputsAsNumpy().tolist(),
+        "tensors": tensors,
+        "operators": operators,
+        "metadata": read_tflite_metadata(data),
+        "signature": parsed.SignatureDefs(0).SignatureKey().decode(),
+    }
+
+
+def _golden_model() -> DeployModel:
+    w0 = np.array([[1, -1, 1], [-1, 1, 1]], np.int8)
+    hidden = DeployLayer(w0, np.array([2, -(2**40)], np.int64), np.array([-1, 1], np.int8), False)
+    out = DeployLayer(np.array([[1, 1], [1, -1], [-1, 1]], np.int8), None, None, True)
+    return DeployModel((hidden, out), 4, 0.5, (3,))
+
+
+@pytest.mark.parametrize("weights", ["float32", "int8"])
+def test_graph_of_a_tiny_model_matches_the_golden_file(weights):
+    # Regenerate after a deliberate change: python -m tests.test_tflite_export
+    golden = json.loads(GOLDEN.read_text())[weights]
+    assert describe_tflite(write_tflite(_golden_model(), weights=weights)) == golden
+    tensors = {t["name"]: t for t in golden["tensors"]}
+    # bias = -d * T: (d, T) = (-1, 2) gives 2; (+1, -2**40) is clamped to T = -(3 * 4 + 1): 13
+    assert tensors["layer0/bias"]["data"] == [2.0, 13.0]
+    stored = tensors["layer0/weight" if weights == "float32" else "layer0/weight/int8"]
+    assert stored["data"] == [-1, 1, -1, -1, 1, 1]  # row 0 negated by d = -1
+
+
+@needs_runtime
+def test_signature_runner_of_a_stock_interpreter():
+    from lightning_bet.deploy.tflite_export import _interpreter_api
+
+    interpreter_cls, _ = _interpreter_api()
+    model = _golden_model()
+    q = np.array([[1, 2, 3], [4, 0, 4], [0, 0, 0]])
+    runner = interpreter_cls(model_content=write_tflite(model)).get_signature_runner()
+    out = runner(q=q.astype(np.float32))
+    expected = reference_logits(model, q)
+    np.testing.assert_array_equal(out["logits"], expected)
+    np.testing.assert_array_equal(out["prediction"], first_argmax(expected))
+
+
+if __name__ == "__main__":
+    dumps = {w: describe_tflite(write_tflite(_golden_model(), weights=w)) for w in _WEIGHTS}
+    text = json.dumps(dumps, indent=1)
+    # one line per list of numbers, so that a review diff shows which values changed
+    text = re.sub(r"\[\s*([^\[\]{}]*?)\s*\]", lambda m: "[" + " ".join(m[1].split()) + "]", text)
+    GOLDEN.write_text(text + "\n")

@@ -19,6 +19,8 @@ Graph, for a batch of ``N`` samples (the batch dimension is dynamic: ``shape_sig
 - output layer: ``logits = FULLY_CONNECTED(v, W)`` (integer values, unscaled: multiply by
   ``model.scale`` for the float logits) and ``prediction = ARG_MAX(logits, axis=1)`` (int32;
   the builtin kernel keeps the first index on ties, as deploy mode does, which the tests check).
+- the signature ``"serving_default"`` names them, for ``Interpreter.get_signature_runner()``;
+  a metadata entry ``"lightning_bet"`` holds a JSON description (:func:`read_tflite_metadata`).
 
 Exactness: every value in the graph is an integer. A float32 sum of integers is exact, whatever
 the summation order, as long as every partial sum stays within ``2**24``. With fan-in ``n`` and
@@ -49,6 +51,7 @@ import numpy as np
 from lightning_bet.deploy.model import DeployModel
 
 __all__ = [
+    "SIGNATURE_KEY",
     "TFLITE_METADATA_NAME",
     "read_tflite_metadata",
     "run_tflite",
@@ -59,6 +62,8 @@ __all__ = [
 
 #: Name of the model metadata entry holding a JSON description of the exported network.
 TFLITE_METADATA_NAME = "lightning_bet"
+#: Key of the model's one signature (input ``"q"``, outputs ``"logits"`` and ``"prediction"``).
+SIGNATURE_KEY = "serving_default"
 
 _FORMAT = "lightning-bet-tflite"
 _FORMAT_VERSION = 1
@@ -422,10 +427,30 @@ def _serialize(graph: _Graph, inputs: tuple[int, ...], outputs: tuple[int, ...])
         tflite.MetadataAddBuffer(builder, buffer)
         metadata.append(tflite.MetadataEnd(builder))
 
+    def tensor_maps(indices: tuple[int, ...]) -> int:
+        maps = []
+        for index in indices:
+            name_offset = builder.CreateString(graph.tensors[index].name)
+            tflite.TensorMapStart(builder)
+            tflite.TensorMapAddName(builder, name_offset)
+            tflite.TensorMapAddTensorIndex(builder, index)
+            maps.append(tflite.TensorMapEnd(builder))
+        return _offset_vector(builder, maps)
+
+    signature_inputs, signature_outputs = tensor_maps(inputs), tensor_maps(outputs)
+    signature_key = builder.CreateString(SIGNATURE_KEY)
+    tflite.SignatureDefStart(builder)
+    tflite.SignatureDefAddInputs(builder, signature_inputs)
+    tflite.SignatureDefAddOutputs(builder, signature_outputs)
+    tflite.SignatureDefAddSignatureKey(builder, signature_key)
+    tflite.SignatureDefAddSubgraphIndex(builder, 0)
+    signature = tflite.SignatureDefEnd(builder)
+
     opcode_vec = _offset_vector(builder, opcodes)
     subgraph_vec = _offset_vector(builder, [subgraph])
     buffer_vec = _offset_vector(builder, buffers)
     metadata_vec = _offset_vector(builder, metadata)
+    signature_vec = _offset_vector(builder, [signature])
     description = builder.CreateString("lightning-bet deploy-mode BNN (builtin ops, exact)")
     tflite.ModelStart(builder)
     tflite.ModelAddVersion(builder, 3)
@@ -434,6 +459,7 @@ def _serialize(graph: _Graph, inputs: tuple[int, ...], outputs: tuple[int, ...])
     tflite.ModelAddDescription(builder, description)
     tflite.ModelAddBuffers(builder, buffer_vec)
     tflite.ModelAddMetadata(builder, metadata_vec)
+    tflite.ModelAddSignatureDefs(builder, signature_vec)
     builder.Finish(tflite.ModelEnd(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 
