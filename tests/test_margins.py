@@ -160,7 +160,9 @@ def test_flip_probability_edge_cases():
     a = torch.tensor([[4, -4]])
     tau = torch.tensor([0.0, float("inf")])
     d = torch.tensor([1.0, 1.0])
-    assert torch.equal(flip_probability(a, tau, d, 0.0, 16.0), torch.zeros(1, 2, dtype=torch.float64))
+    assert torch.equal(
+        flip_probability(a, tau, d, 0.0, 16.0), torch.zeros(1, 2, dtype=torch.float64)
+    )
     prob = flip_probability(a, tau, d, 0.1, 16.0)
     assert prob[0, 1] == 0.0 and 0 < prob[0, 0] < 0.5
     expected = 0.5 * math.erfc((0.8 * 4) / math.sqrt(4 * 0.1 * 0.9 * 16) / math.sqrt(2))

@@ -1,0 +1,128 @@
+"""``BetLogging``: log the :class:`~lightning_bet.metrics.BitErrorTolerance` metric in validation.
+
+The callback records the activations of the validation step's own forward pass (forward hooks,
+no second forward) and feeds them to the metric; at the end of the validation epoch it logs the
+scalar as ``val/bet`` and per-layer values as ``val/bet/layer0/margin_mean`` etc. to whatever
+logger the trainer has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from lightning_bet.metrics import DEFAULT_ERROR_RATES, BitErrorTolerance, capture_activations
+
+__all__ = ["BetLogging"]
+
+
+class BetLogging(Callback):
+    """Log the margin-based bit error tolerance of the model during validation.
+
+    Args:
+        error_rates: error rates of the predicted neuron flip rate (see ``BitErrorTolerance``).
+        quantiles: low quantiles of the normalized margin to log.
+        prefix: logging key of the scalar; per-layer keys are ``f"{prefix}/{name}"``.
+        per_layer: also log the per-layer values.
+
+    Example:
+        >>> trainer = L.Trainer(callbacks=[BetLogging()])  # doctest: +SKIP
+
+    """
+
+    def __init__(
+        self,
+        error_rates: Sequence[float] = DEFAULT_ERROR_RATES,
+        quantiles: Sequence[float] = (0.01, 0.05, 0.1),
+        prefix: str = "val/bet",
+        per_layer: bool = True,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"Expected `prefix` to be a non-empty string, but got {prefix!r}")
+        self.error_rates = tuple(error_rates)
+        self.quantiles = tuple(quantiles)
+        self.prefix = prefix
+        self.per_layer = bool(per_layer)
+        self.metric: BitErrorTolerance | None = None
+        self._stack: ExitStack | None = None
+        self._records: dict[str, Any] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
+        self.metric = BitErrorTolerance(
+            pl_module, error_rates=self.error_rates, quantiles=self.quantiles
+        ).to(pl_module.device)
+
+    def _close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = None
+        self._records = None
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if self.metric is None:
+            self.setup(trainer, pl_module, "validate")
+        self.metric.to(pl_module.device)
+        self.metric.reset()
+        self._close()
+        self._stack = ExitStack()
+        self._records = self._stack.enter_context(capture_activations(self.metric.net))
+
+    def on_validation_batch_start(  # noqa: D102
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._records is not None:
+            self._records["logits"] = None
+            self._records["preacts"].clear()
+            self._records["inputs"].clear()
+
+    def on_validation_batch_end(  # noqa: D102
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._records is None or self._records["logits"] is None:
+            return
+        y = batch[1]
+        self.metric.update(self._records, y)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self._close()
+        if self.metric is None or int(self.metric.out_count) == 0 and not self._any_rank_has_data():
+            return
+        values = self.metric.compute()
+        pl_module.log(self.prefix, values["bet"].float(), prog_bar=True)
+        if self.per_layer:
+            for name, value in values.items():
+                if name != "bet":
+                    pl_module.log(f"{self.prefix}/{name}", value.float())
+        self.metric.reset()
+
+    def _any_rank_has_data(self) -> bool:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return False
+        count = self.metric.out_count.clone()
+        dist.all_reduce(count)
+        return int(count) > 0
+
+    def on_exception(  # noqa: D102
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._close()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
+        self._close()

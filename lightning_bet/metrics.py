@@ -1,0 +1,399 @@
+"""``BitErrorTolerance``: the margin-based bit error tolerance metric (METHOD §4).
+
+A torchmetrics ``Metric`` that holds a binarized network (as torchmetrics' FID holds its feature
+network), runs it on batches ``update(x, y)`` and accumulates, per hidden layer, the normalized
+margins ``m / sqrt(n)``, the tolerated flips ``t`` and the analytic neuron flip probability at
+configured error rates. All states are sum-reduced counts or sums, so DDP reduces them exactly;
+quantiles and medians come from fixed-bin histograms of those counts.
+
+The scalar ``bet`` (logged as ``val/bet``) is the predicted neuron *survival* rate:
+``bet = 1 - mean over hidden layers and configured error rates of the predicted neuron flip
+rate``. It lies in [0, 1], higher is better, and it is what ``lightning-bet validity`` tests
+against the fault-injection BET area.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import Metric
+
+from lightning_bet.functional.margins import (
+    decision_side,
+    flip_probability,
+    fold_batchnorm,
+    output_margin,
+    tolerated_flips,
+    tolerated_flips_real,
+)
+from lightning_bet.layers import BinaryConv2d, BinaryLinear, binary_layers
+from lightning_bet.models import BNN
+
+__all__ = ["BitErrorTolerance", "capture_activations", "resolve_bnn"]
+
+#: Default error rates of the predicted flip rate (a spread over the METHOD §6 grid).
+DEFAULT_ERROR_RATES = (0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+def resolve_bnn(model: nn.Module) -> BNN:
+    """The :class:`~lightning_bet.models.BNN` inside ``model`` (itself, or ``model.net``).
+
+    Raises:
+        ValueError: ``model`` has no binary layers.
+        TypeError: ``model`` has binary layers but is not a ``BNN`` nor holds one as ``.net``.
+
+    """
+    if isinstance(model, BNN):
+        return model
+    net = getattr(model, "net", None)
+    if isinstance(net, BNN):
+        return net
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected `model` to be an nn.Module, but got {type(model).__name__}")
+    if next(binary_layers(model), None) is None:
+        raise ValueError(
+            f"Expected `model` to contain binary layers (BinaryLinear/BinaryConv2d), but "
+            f"{type(model).__name__} has none"
+        )
+    raise TypeError(
+        "Expected `model` to be a lightning_bet BNN or to hold one as `.net` (e.g. "
+        f"BNNClassifier), but got {type(model).__name__}"
+    )
+
+
+def fan_in(layer: BinaryLinear | BinaryConv2d) -> int:
+    """Number of weights per output neuron."""
+    if isinstance(layer, BinaryLinear):
+        return layer.in_features
+    kh, kw = layer.kernel_size
+    return layer.in_channels // layer.groups * kh * kw
+
+
+@contextmanager
+def capture_activations(net: BNN) -> Iterator[dict[str, Any]]:
+    """Record, during forward passes of ``net``, what the metric needs.
+
+    Yields a dict that every forward pass fills: ``"inputs"`` (list per hidden block: the input
+    of its binary layer), ``"preacts"`` (list per hidden block: the BatchNorm input ``a``) and
+    ``"logits"`` (the head's unscaled integer logits). Hooks are removed on exit, also after an
+    exception.
+    """
+    records: dict[str, Any] = {"inputs": {}, "preacts": {}, "logits": None}
+    handles = []
+
+    def keep(store: dict, index: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            store[index] = args[0].detach()
+
+        return hook
+
+    def keep_logits(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        records["logits"] = output.detach()
+
+    try:
+        for i, block in enumerate(net.blocks):
+            handles.append(block.layer.register_forward_pre_hook(keep(records["inputs"], i)))
+            handles.append(block.bn.register_forward_pre_hook(keep(records["preacts"], i)))
+        handles.append(net.head.layer.register_forward_hook(keep_logits))
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _sum_squares(block: nn.Module, x: Tensor) -> Tensor:
+    """``sum_i x_i^2`` over each neuron's receptive field, broadcastable to the pre-activation."""
+    layer = block.layer
+    x = x.detach().to(torch.float64)
+    if isinstance(layer, BinaryLinear):
+        return (x.flatten(1) ** 2).sum(1, keepdim=True)
+    ones = torch.ones(1, layer.in_channels, *layer.kernel_size, dtype=x.dtype, device=x.device)
+    sq = F.conv2d(x**2, ones, None, layer.stride, layer.padding, layer.dilation)
+    return block.pool(sq) if block.pool is not None else sq
+
+
+class BitErrorTolerance(Metric):
+    """Margin-based bit error tolerance of a BNN, without fault injection (METHOD §4).
+
+    For every hidden layer ``l`` (fan-in ``n``) and every neuron output of every sample:
+    normalized margin ``m / sqrt(n)``, tolerated flips ``t`` (exact for binary inputs, a
+    worst-case lower bound for the real-valued first layer) and the analytic probability that
+    the output changes at each error rate in ``error_rates``. For the output layer: the margin
+    ``a_y - max_{c != y} a_c`` normalized by ``sqrt(n)``.
+
+    ``compute()`` returns a flat dict of 0-dim tensors:
+
+    - ``"bet"``: ``1 - mean_{l, p} flip_rate_l(p)``, the predicted neuron survival rate
+      (higher is better); the documented scalar logged as ``val/bet``.
+    - ``"layer{l}/margin_mean"``, ``"layer{l}/margin_q{q}"`` (low quantiles of ``m / sqrt(n)``,
+      resolved to the histogram bin width ``margin_range / margin_bins`` and reported as the
+      lower edge of the bin), ``"layer{l}/tolerated_fraction_median"`` (median ``t / n``, exact:
+      one bin per integer ``t``), ``"layer{l}/flip_rate@{p}"``.
+    - ``"output/margin_mean"``, ``"output/margin_q{q}"`` (same binning over
+      ``[-margin_range, margin_range]``).
+
+    The model is held by reference, not registered as a submodule: the metric's ``state_dict``
+    holds only its states, and moving the metric does not move the model. The forward pass runs
+    with the network in eval mode (BatchNorm running statistics), restoring its mode after.
+
+    Args:
+        model: a :class:`~lightning_bet.models.BNN` or a module holding one as ``.net``.
+        error_rates: error rates of the predicted flip rate, each in [0, 1], non-empty.
+        quantiles: low quantiles of the normalized margin to report, each in (0, 1).
+        margin_range: upper end of the normalized margin histogram (larger values go to an
+            overflow bin).
+        margin_bins: number of histogram bins over ``[0, margin_range]``.
+        kwargs: passed to ``torchmetrics.Metric``.
+
+    Example:
+        >>> from lightning_bet.models import build_model
+        >>> metric = BitErrorTolerance(build_model(hidden=(32,)))
+        >>> metric.update(torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+        >>> 0.0 <= float(metric.compute()["bet"]) <= 1.0
+        True
+
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
+
+    def __init__(
+        self,
+        model: nn.Module,
+        error_rates: Sequence[float] = DEFAULT_ERROR_RATES,
+        quantiles: Sequence[float] = (0.01, 0.05, 0.1),
+        margin_range: float = 16.0,
+        margin_bins: int = 1024,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        net = resolve_bnn(model)
+        if len(net.blocks) == 0:
+            raise ValueError("Expected `model` to have at least one hidden binary block, but got 0")
+        rates = tuple(error_rates) if isinstance(error_rates, Sequence) else (error_rates,)
+        if not rates:
+            raise ValueError("Expected `error_rates` to be a non-empty list, but got []")
+        for p in rates:
+            if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+                raise ValueError(
+                    f"Expected `error_rates` to hold floats in [0, 1], but got {list(rates)!r}"
+                )
+        for q in quantiles:
+            if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 < q < 1.0:
+                raise ValueError(
+                    f"Expected `quantiles` to hold floats in (0, 1), but got {list(quantiles)!r}"
+                )
+        if not isinstance(margin_range, int | float) or not margin_range > 0:
+            raise ValueError(f"Expected `margin_range` to be a float > 0, but got {margin_range!r}")
+        if isinstance(margin_bins, bool) or not isinstance(margin_bins, int) or margin_bins < 1:
+            raise ValueError(
+                f"Expected `margin_bins` to be a positive int, but got {margin_bins!r}"
+            )
+        object.__setattr__(self, "_net", net)  # held by reference, see the class docstring
+        self.error_rates = tuple(float(p) for p in rates)
+        self.quantiles = tuple(float(q) for q in quantiles)
+        self.margin_range = float(margin_range)
+        self.margin_bins = margin_bins
+        self.fan_ins = [fan_in(block.layer) for block in net.blocks]
+        self.head_fan_in = fan_in(net.head.layer)
+        for i, n in enumerate(self.fan_ins):
+            zeros = torch.zeros
+            self.add_state(f"count_{i}", zeros((), dtype=torch.long), dist_reduce_fx="sum")
+            self.add_state(f"margin_sum_{i}", zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(
+                f"margin_hist_{i}", zeros(margin_bins + 1, dtype=torch.long), dist_reduce_fx="sum"
+            )
+            self.add_state(
+                f"tolerated_hist_{i}", zeros(n + 1, dtype=torch.long), dist_reduce_fx="sum"
+            )
+            self.add_state(
+                f"flip_sum_{i}",
+                zeros(len(self.error_rates), dtype=torch.float64),
+                dist_reduce_fx="sum",
+            )
+        self.add_state("out_count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("out_margin_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "out_margin_hist",
+            torch.zeros(2 * margin_bins + 2, dtype=torch.long),
+            dist_reduce_fx="sum",
+        )
+
+    @property
+    def net(self) -> BNN:
+        """The network the metric measures."""
+        return self._net
+
+    def update(self, x: Tensor | dict[str, Any], y: Tensor) -> None:
+        """Run the network on ``x`` (eval mode) and accumulate statistics.
+
+        Args:
+            x: ``(N, *input_shape)`` inputs, or the records of one forward pass taken with
+                :func:`capture_activations` (lets a callback reuse the validation step's own
+                forward pass instead of running the network a second time).
+            y: ``(N,)`` integer class labels.
+
+        """
+        if isinstance(x, dict):
+            self._accumulate(x, y)
+            return
+        self._check_batch(x, y)
+        net = self._net
+        modes = [m.training for m in net.modules()]
+        try:
+            net.eval()
+            with torch.no_grad(), capture_activations(net) as records:
+                net(x)
+        finally:
+            for module, mode in zip(net.modules(), modes, strict=True):
+                module.training = mode
+        self._accumulate(records, y)
+
+    @staticmethod
+    def _check_batch(x: Tensor, y: Tensor) -> None:
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise TypeError(
+                f"Expected `x` and `y` to be tensors, but got {type(x).__name__} and "
+                f"{type(y).__name__}"
+            )
+        if y.dim() != 1 or x.dim() < 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                "Expected `x` of shape (N, ...) and `y` of shape (N,) with the same N, but got "
+                f"{tuple(x.shape)} and {tuple(y.shape)}"
+            )
+
+    @torch.no_grad()
+    def _accumulate(self, records: dict[str, Any], y: Tensor) -> None:
+        """Accumulate statistics from activations recorded by :func:`capture_activations`."""
+        net = self._net
+        if records["logits"] is None or len(records["preacts"]) != len(net.blocks):
+            raise ValueError(
+                "Expected `records` from one complete forward pass of the network, but got "
+                f"{len(records['preacts'])} of {len(net.blocks)} blocks"
+            )
+        logits = records["logits"]
+        if y.dim() != 1 or logits.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"Expected `y` of shape ({logits.shape[0]},) to match the recorded batch, but got "
+                f"{tuple(y.shape)}"
+            )
+        for i, block in enumerate(net.blocks):
+            self._update_layer(i, block, records["inputs"][i], records["preacts"][i])
+        n = self.head_fan_in
+        margin = output_margin(logits, y.to(logits.device)) / math.sqrt(n)
+        width = self.margin_range / self.margin_bins
+        index = torch.floor(margin / width).clamp(-self.margin_bins - 1, self.margin_bins)
+        index = (index + self.margin_bins + 1).long()
+        self.out_count += margin.numel()
+        self.out_margin_sum += margin.sum().to(self.out_margin_sum.device)
+        self.out_margin_hist += torch.bincount(index, minlength=2 * self.margin_bins + 2).to(
+            self.out_margin_hist.device
+        )
+
+    def _update_layer(self, i: int, block: nn.Module, x: Tensor, a: Tensor) -> None:
+        n = self.fan_ins[i]
+        tau, d = fold_batchnorm(block.bn)
+        tau, d = tau.detach(), d.detach()
+        binary_input = block.layer.binarize_input
+        if binary_input:
+            t = tolerated_flips(a, tau, d, n)
+        else:
+            t = tolerated_flips_real(a, tau, d, x)
+        margin = decision_side(a, tau, d).abs()
+        margin = torch.where(torch.isfinite(margin), margin, torch.full_like(margin, 1e30))
+        norm = (margin / math.sqrt(n)).flatten()
+        width = self.margin_range / self.margin_bins
+        index = torch.floor(norm / width).clamp(max=self.margin_bins).long()
+        flips = []
+        sum_sq = float(n) if binary_input else _sum_squares(block, x)
+        for p in self.error_rates:
+            prob = flip_probability(a, tau, d, p, sum_sq, n=n if binary_input else None)
+            flips.append(prob.sum())
+        dev = self.device
+        getattr(self, f"count_{i}").add_(norm.numel())
+        finite = torch.where(norm < 1e29, norm, torch.full_like(norm, self.margin_range))
+        getattr(self, f"margin_sum_{i}").add_(finite.sum().to(dev))
+        getattr(self, f"margin_hist_{i}").add_(
+            torch.bincount(index, minlength=self.margin_bins + 1).to(dev)
+        )
+        getattr(self, f"tolerated_hist_{i}").add_(
+            torch.bincount(t.flatten(), minlength=n + 1).to(dev)
+        )
+        getattr(self, f"flip_sum_{i}").add_(torch.stack(flips).to(dev))
+
+    @staticmethod
+    def _hist_quantile(hist: Tensor, q: float) -> int:
+        """Index of the bin holding the ``q`` quantile (the smallest with cumulative >= q)."""
+        cum = hist.cumsum(0)
+        total = int(cum[-1])
+        return int(torch.searchsorted(cum, torch.tensor(math.ceil(q * total), device=cum.device)))
+
+    def compute(self) -> dict[str, Tensor]:
+        """Per-layer statistics and the scalar ``"bet"`` (see the class docstring)."""
+        out: dict[str, Tensor] = {}
+        width = self.margin_range / self.margin_bins
+        rates = []
+        for i, n in enumerate(self.fan_ins):
+            count = int(getattr(self, f"count_{i}"))
+            if count == 0:
+                raise ValueError("Expected `update` to be called before `compute`, but got no data")
+            out[f"layer{i}/margin_mean"] = getattr(self, f"margin_sum_{i}") / count
+            hist = getattr(self, f"margin_hist_{i}")
+            for q in self.quantiles:
+                out[f"layer{i}/margin_q{q:g}"] = torch.tensor(
+                    self._hist_quantile(hist, q) * width, dtype=torch.float64
+                )
+            t_median = self._hist_quantile(getattr(self, f"tolerated_hist_{i}"), 0.5)
+            out[f"layer{i}/tolerated_fraction_median"] = torch.tensor(
+                t_median / n, dtype=torch.float64
+            )
+            flip = getattr(self, f"flip_sum_{i}") / count
+            rates.append(flip)
+            for p, rate in zip(self.error_rates, flip, strict=True):
+                out[f"layer{i}/flip_rate@{p:g}"] = rate
+        count = int(self.out_count)
+        out["output/margin_mean"] = self.out_margin_sum / max(count, 1)
+        for q in self.quantiles:
+            k = self._hist_quantile(self.out_margin_hist, q) - self.margin_bins - 1
+            out[f"output/margin_q{q:g}"] = torch.tensor(k * width, dtype=torch.float64)
+        out["bet"] = 1.0 - torch.stack(rates).mean()
+        return out
+
+    def plot(self, val: dict[str, Tensor] | None = None, ax: Any = None) -> tuple[Any, Any]:
+        """Predicted neuron flip rate over error rate, one line per hidden layer.
+
+        Args:
+            val: a result of :meth:`compute` (computed now when ``None``).
+            ax: a matplotlib axis to draw into (a new figure when ``None``).
+
+        Returns:
+            ``(figure, axis)``.
+
+        """
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        val = self.compute() if val is None else val
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+        else:
+            fig = ax.get_figure()
+        for i in range(len(self.fan_ins)):
+            rates = [float(val[f"layer{i}/flip_rate@{p:g}"]) for p in self.error_rates]
+            ax.plot(self.error_rates, rates, marker="o", label=f"layer {i}")
+        ax.set_xlabel("weight error rate p")
+        ax.set_ylabel("predicted neuron flip rate")
+        ax.set_title(f"BitErrorTolerance: bet = {float(val['bet']):.4f}")
+        ax.legend()
+        return fig, ax

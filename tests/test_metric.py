@@ -1,0 +1,263 @@
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from lightning_bet.callbacks.bet_logging import BetLogging
+from lightning_bet.metrics import BitErrorTolerance
+from lightning_bet.models import build_model
+
+RATES = (0.01, 0.05)
+
+
+def _model(seed=0, hidden=(24, 16)):
+    torch.manual_seed(seed)
+    net = build_model("fcnn", (1, 8, 8), 10, hidden)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for block in net.blocks:
+            c = block.bn.num_features
+            n = block.layer.in_features
+            block.layer.weight.uniform_(-1, 1, generator=g)
+            block.bn.running_mean.copy_(torch.randn(c, generator=g) * math.sqrt(n) / 2)
+            block.bn.running_var.copy_(torch.rand(c, generator=g) * n + 1)
+            sign = torch.where(torch.rand(c, generator=g) < 0.25, -1.0, 1.0)
+            block.bn.weight.copy_(sign * (torch.rand(c, generator=g) + 0.2))
+            block.bn.bias.copy_(torch.randn(c, generator=g))
+        net.head.layer.weight.uniform_(-1, 1, generator=g)
+    return net.eval()
+
+
+def _data(n=96, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 17, (n, 1, 8, 8), generator=g).float() / 16
+    y = torch.randint(0, 10, (n,), generator=g)
+    return x, y
+
+
+def _reference(net, x, y, rates):
+    """Independent numpy forward and statistics (METHOD §4 formulas)."""
+    h = x.flatten(1).double().numpy()
+    result = {}
+    flips = []
+    for i, block in enumerate(net.blocks):
+        w = np.where(block.layer.weight.detach().double().numpy() >= 0, 1.0, -1.0)
+        n = w.shape[1]
+        a = h @ w.T
+        bn = block.bn
+        mu, var = bn.running_mean.double().numpy(), bn.running_var.double().numpy()
+        gamma, beta = bn.weight.detach().double().numpy(), bn.bias.detach().double().numpy()
+        std = np.sqrt(var + bn.eps)
+        tau = mu - beta * std / gamma
+        d = np.sign(gamma)
+        s = d * (a - tau)
+        m = np.abs(a - tau)
+        result[f"layer{i}/margin_mean"] = (m / math.sqrt(n)).mean()
+        binary = i > 0
+        rate_i = []
+        for p in rates:
+            g = d * np.where(s >= 0, 1.0, -1.0)
+            if binary:
+                t = np.where(s >= 0, np.floor(s / 2), np.ceil(-s / 2) - 1)
+                prob = norm.cdf((g * p * a - (t + 0.5)) / math.sqrt(p * (1 - p) * n))
+            else:
+                var_a = 4 * p * (1 - p) * (h**2).sum(1, keepdims=True)
+                prob = norm.cdf(-g * ((1 - 2 * p) * a - tau) / np.sqrt(var_a))
+            result[f"layer{i}/flip_rate@{p:g}"] = prob.mean()
+            rate_i.append(prob.mean())
+        flips.append(rate_i)
+        if binary:
+            t = np.where(s >= 0, np.floor(s / 2), np.ceil(-s / 2) - 1).astype(int).ravel()
+            result[f"layer{i}/tolerated_fraction_median"] = np.sort(t)[(t.size + 1) // 2 - 1] / n
+        h = np.where(gamma * (a - mu) / std + beta >= 0, 1.0, -1.0)
+    w = np.where(net.head.layer.weight.detach().double().numpy() >= 0, 1.0, -1.0)
+    logits = h @ w.T
+    yy = y.numpy()
+    own = logits[np.arange(len(yy)), yy]
+    logits[np.arange(len(yy)), yy] = -np.inf
+    result["output/margin_mean"] = ((own - logits.max(1)) / math.sqrt(w.shape[1])).mean()
+    result["bet"] = 1 - np.mean(flips)
+    return result
+
+
+def test_metric_matches_numpy_reference():
+    net = _model()
+    x, y = _data()
+    metric = BitErrorTolerance(net, error_rates=RATES)
+    metric.update(x, y)
+    values = metric.compute()
+    ref = _reference(net, x, y, RATES)
+    for key, expected in ref.items():
+        assert float(values[key]) == pytest.approx(expected, rel=1e-5, abs=1e-9), key
+    # quantiles: within one bin of the exact empirical quantile, reported as the lower edge
+    width = 16.0 / 1024
+    assert float(values["layer1/margin_q0.1"]) <= float(values["layer1/margin_mean"])
+    assert float(values["layer1/margin_q0.1"]) % width == pytest.approx(0.0, abs=1e-12)
+
+
+def test_quantile_within_one_bin_of_empirical():
+    net = _model()
+    x, y = _data()
+    metric = BitErrorTolerance(net, error_rates=RATES, quantiles=(0.05, 0.1))
+    metric.update(x, y)
+    values = metric.compute()
+    block = net.blocks[0]
+    from lightning_bet.functional.margins import fold_batchnorm
+
+    tau, _ = fold_batchnorm(block.bn)
+    a = x.flatten(1).double() @ torch.where(block.layer.weight >= 0, 1.0, -1.0).double().T
+    m = ((a - tau.double()).abs() / 8).flatten()
+    for q in (0.05, 0.1):
+        exact = float(torch.quantile(m.detach(), q, interpolation="higher"))
+        got = float(values[f"layer0/margin_q{q:g}"])
+        assert got <= exact < got + 16.0 / 1024 + 1e-12
+
+
+def test_accumulating_batches_equals_one_update_and_restores_mode():
+    net = _model()
+    net.train()
+    x, y = _data()
+    whole = BitErrorTolerance(net, error_rates=RATES)
+    whole.update(x, y)
+    parts = BitErrorTolerance(net, error_rates=RATES)
+    for xb, yb in zip(x.split(40), y.split(40), strict=True):
+        parts.update(xb, yb)
+    a, b = whole.compute(), parts.compute()
+    for key in a:
+        assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-12, abs=1e-12), key
+    assert net.training and all(m.training for m in net.modules())
+
+
+def test_pickle_state_dict_and_flags():
+    net = _model()
+    x, y = _data()
+    metric = BitErrorTolerance(net, error_rates=RATES)
+    metric.update(x, y)
+    clone = pickle.loads(pickle.dumps(metric))
+    assert float(clone.compute()["bet"]) == float(metric.compute()["bet"])
+    metric.persistent(True)
+    state = metric.state_dict()
+    assert not any(k.startswith("_net") or "weight" in k for k in state)
+    fresh = BitErrorTolerance(net, error_rates=RATES)
+    fresh.persistent(True)
+    fresh.load_state_dict(state)
+    assert float(fresh.compute()["bet"]) == float(metric.compute()["bet"])
+    assert BitErrorTolerance.higher_is_better is True
+    assert BitErrorTolerance.is_differentiable is False
+    assert BitErrorTolerance.full_state_update is False
+
+
+def test_plot():
+    pytest.importorskip("matplotlib")
+    net = _model()
+    x, y = _data()
+    metric = BitErrorTolerance(net, error_rates=RATES)
+    metric.update(x, y)
+    fig, ax = metric.plot()
+    assert "bet" in ax.get_title()
+    assert len(ax.get_lines()) == len(net.blocks)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="Expected `model` to contain binary layers"):
+        BitErrorTolerance(nn.Sequential(nn.Linear(4, 2)))
+    with pytest.raises(TypeError, match="Expected `model` to be a lightning_bet BNN"):
+        from lightning_bet.layers import BinaryLinear
+
+        BitErrorTolerance(nn.Sequential(BinaryLinear(4, 2)))
+    net = _model()
+    with pytest.raises(ValueError, match=r"Expected `error_rates` to hold floats in \[0, 1\]"):
+        BitErrorTolerance(net, error_rates=(0.1, 1.5))
+    with pytest.raises(ValueError, match="Expected `error_rates` to be a non-empty list"):
+        BitErrorTolerance(net, error_rates=())
+    with pytest.raises(ValueError, match=r"Expected `quantiles` to hold floats in \(0, 1\)"):
+        BitErrorTolerance(net, quantiles=(0.0,))
+    metric = BitErrorTolerance(net)
+    x, y = _data()
+    with pytest.raises(ValueError, match="with the same N, but got"):
+        metric.update(x, y[:5])
+    with pytest.raises(ValueError, match="Expected `update` to be called before `compute`"):
+        metric.compute()
+
+
+def _ddp_worker(rank, world, port, path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        net = _model()
+        x, y = _data()
+        metric = BitErrorTolerance(net, error_rates=RATES)
+        # uneven shards, several updates per rank
+        shard = x[:40] if rank == 0 else x[40:]
+        labels = y[:40] if rank == 0 else y[40:]
+        for xb, yb in zip(shard.split(16), labels.split(16), strict=True):
+            metric.update(xb, yb)
+        values = metric.compute()
+        if rank == 0:
+            torch.save({k: v.clone() for k, v in values.items()}, path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(2, port, str(path)), nprocs=2, join=True)
+    ddp = torch.load(path)
+    net = _model()
+    x, y = _data()
+    single = BitErrorTolerance(net, error_rates=RATES)
+    single.update(x, y)
+    values = single.compute()
+    assert set(ddp) == set(values)
+    for key in values:
+        assert float(ddp[key]) == pytest.approx(float(values[key]), rel=1e-12, abs=1e-12), key
+
+
+def test_callback_logs_val_bet(tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_bet.module import BNNClassifier
+
+    torch.manual_seed(0)
+    module = BNNClassifier(hidden=(24, 16))
+    x, y = _data(64)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    logger = CSVLogger(tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[BetLogging(error_rates=RATES)],
+        logger=logger,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, loader, loader)
+    logged = trainer.logged_metrics
+    assert "val/bet" in logged and "val/bet/layer0/margin_mean" in logged
+    assert "val/bet/layer1/flip_rate@0.05" in logged
+    module.eval()
+    metric = BitErrorTolerance(module, error_rates=RATES)
+    metric.update(x, y)
+    assert float(logged["val/bet"]) == pytest.approx(float(metric.compute()["bet"]), rel=1e-5)
+    # hooks are removed after validation
+    assert all(not b.bn._forward_pre_hooks for b in module.net.blocks)
+    logger.save()
+    text = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "val/bet" in text
