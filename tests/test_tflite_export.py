@@ -544,3 +544,16 @@ if __name__ == "__main__":
     # one line per list of numbers, so that a review diff shows which values changed
     text = re.sub(r"\[\s*([^\[\]{}]*?)\s*\]", lambda m: "[" + " ".join(m[1].split()) + "]", text)
     GOLDEN.write_text(text + "\n")
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lightning_bet.deploy.tflite_export; "
+        "print(sorted(m for m in ('tflite', 'flatbuffers', 'tflite_runtime', 'ai_edge_litert') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -298,7 +298,7 @@ def _build_graph(model: DeployModel, weights: str) -> tuple[_Graph, int, tuple[i
     for i, (w, t, d, _, bound) in enumerate(layers[:-1]):
         out = w.shape[0]
         d64 = d.astype(np.int64)
-        t64 = np.clip(t.astype(np.int64, copy=False), -(bound + 1), bound + 1)
+        t64 = np.clip(t, -(bound + 1), bound + 1).astype(np.int64)  # clip first: no wrap-around
         kernel = weight_tensor(f"layer{i}/weight", d64[:, None] * w.astype(np.int64))
         bias = graph.const(f"layer{i}/bias", (-d64 * t64).astype(np.float32))
         z = graph.activation(f"layer{i}/d_times_a_minus_t", _FLOAT32, out)
