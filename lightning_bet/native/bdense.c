@@ -1,31 +1,36 @@
 /*
- * Host binary dense (XNOR/popcount) kernel.  See bdense.h for the contract.
+ * Host binary dense (XOR/popcount) kernel.  See bdense.h for the contract.
  *
- * Two code paths:
+ * Two code paths, chosen at compile time:
  *
- *   AVX512-VPOPCNTDQ (compiled when __AVX512F__ and __AVX512VPOPCNTDQ__ are
- *   defined, e.g. with -march=native on a CPU that has them): the weights are
- *   repacked into panels that interleave 8 rows per 64-bit word, so one zmm
- *   holds the same 64-bit word of 8 different rows.  A 64-bit word of an input
- *   is broadcast to all 8 lanes, XOR'd with the panel word, vpopcntq'd and
- *   added to a zmm accumulator whose lanes are 8 output rows.  A micro tile of
- *   BB inputs x BR zmm (8 * BR rows) keeps BB * BR accumulators in registers
- *   and needs no horizontal reduction: the lanes are the outputs.
+ *   AVX512-VPOPCNTDQ (when __AVX512F__ and __AVX512VPOPCNTDQ__ are defined,
+ *   e.g. -march=native on a CPU that has them).  The weights are repacked into
+ *   panels that interleave 8 rows per 64-bit word, so one zmm register holds
+ *   the same 64-bit word of 8 different rows.  A 64-bit word of an input is
+ *   broadcast to all 8 lanes, XOR'd with the panel word, VPOPCNTQ'd and added
+ *   to a zmm accumulator whose 8 lanes are 8 output rows.  A micro tile of
+ *   BB inputs x BR zmm (8 BR rows) keeps BB * BR accumulators in registers,
+ *   loads each panel zmm once per BB inputs and needs no horizontal reduction.
+ *   Per 512 bits the inner loop issues XOR + VPOPCNTQ + ADD, three 512-bit
+ *   vector ops; on CPUs that issue at most two 512-bit integer ops per cycle
+ *   and one VPOPCNTQ per cycle (e.g. AMD Zen 4) this bounds the kernel at 2/3
+ *   of the pure VPOPCNTQ peak.
  *
  *   Portable: __builtin_popcountll on 64-bit words with a small register tile.
  *
- * OpenMP (-fopenmp) is optional: without it everything runs on one thread.
+ * Work is split into (batch block x row block) pieces that POSIX threads take
+ * from a shared atomic counter; with one thread no thread is created.
  */
+#define _POSIX_C_SOURCE 200809L
+
 #include "bdense.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <unistd.h>
 
 #if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
 #include <immintrin.h>
@@ -35,6 +40,7 @@
 #endif
 
 #define BDENSE_INLINE static inline __attribute__((always_inline))
+#define BDENSE_MAX_THREADS 256
 
 /* Unaligned, aliasing-safe little-endian 64-bit load of two uint32 words. */
 BDENSE_INLINE uint64_t ld64(const uint32_t *p) {
@@ -43,21 +49,72 @@ BDENSE_INLINE uint64_t ld64(const uint32_t *p) {
     return v;
 }
 
-static int resolve_threads(int threads) {
-#ifdef _OPENMP
-    if (threads <= 0) {
-        threads = omp_get_max_threads();
-    }
-    return threads < 1 ? 1 : threads;
-#else
-    (void)threads;
-    return 1;
-#endif
+int bdense_online_cpus(void) {
+    const long c = sysconf(_SC_NPROCESSORS_ONLN);
+    return c < 1 ? 1 : (c > BDENSE_MAX_THREADS ? BDENSE_MAX_THREADS : (int)c);
 }
 
-int bdense_max_threads(void) { return resolve_threads(0); }
-
 int bdense_has_avx512(void) { return BDENSE_AVX512; }
+
+static int resolve_threads(int threads) {
+    if (threads <= 0) {
+        return bdense_online_cpus();
+    }
+    return threads > BDENSE_MAX_THREADS ? BDENSE_MAX_THREADS : threads;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Threads                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef void (*work_fn)(void *ctx, int tid);
+
+struct thread_arg {
+    work_fn fn;
+    void *ctx;
+    int tid;
+};
+
+static void *thread_main(void *p) {
+    const struct thread_arg *a = (const struct thread_arg *)p;
+    a->fn(a->ctx, a->tid);
+    return NULL;
+}
+
+/*
+ * Run fn(ctx, tid) on `threads` threads, the calling thread being tid 0.
+ * Returns the number of threads that ran (fewer than asked when a thread
+ * cannot be created; callers whose work is shared dynamically still finish).
+ */
+static int run_threads(work_fn fn, void *ctx, int threads) {
+    pthread_t handles[BDENSE_MAX_THREADS];
+    struct thread_arg args[BDENSE_MAX_THREADS];
+    int started = 1;
+    for (int t = 1; t < threads; ++t) {
+        args[t].fn = fn;
+        args[t].ctx = ctx;
+        args[t].tid = t;
+        if (pthread_create(&handles[t], NULL, thread_main, &args[t]) != 0) {
+            break;
+        }
+        ++started;
+    }
+    fn(ctx, 0);
+    for (int t = 1; t < started; ++t) {
+        pthread_join(handles[t], NULL);
+    }
+    return started;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Argument checks and reference                                             */
+/* ------------------------------------------------------------------------ */
 
 static int check_args(const uint32_t *x, const uint32_t *w, const int32_t *out, int batch,
                       int rows, int words, int n) {
@@ -70,10 +127,6 @@ static int check_args(const uint32_t *x, const uint32_t *w, const int32_t *out, 
     }
     return 0;
 }
-
-/* ------------------------------------------------------------------------ */
-/* Reference                                                                 */
-/* ------------------------------------------------------------------------ */
 
 int bdense_popcount_reference(const uint32_t *x, const uint32_t *w, int32_t *out, int batch,
                               int rows, int words, int n) {
@@ -94,24 +147,47 @@ int bdense_popcount_reference(const uint32_t *x, const uint32_t *w, int32_t *out
     return 0;
 }
 
+/* Shared description of one kernel call, handed to every worker thread. */
+struct job {
+    const uint32_t *x;     /* inputs (AVX-512 path: even stride xs) */
+    size_t xs;             /* input stride in uint32 words */
+    const uint32_t *w;     /* weights, row-major (portable path) */
+    const uint64_t *panel; /* repacked weights (AVX-512 path) */
+    size_t gs;             /* panel stride between 8-row groups, in uint64 */
+    int32_t *out;
+    int batch, rows, words, n, nq;
+    int bblock, rblock; /* batch and row block sizes */
+    int nrb;            /* row blocks */
+    long long nblocks;
+    long long next; /* next block to take (atomic) */
+};
+
+static long long take_block(struct job *job) {
+    return __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Portable tiled kernel                                                     */
 /* ------------------------------------------------------------------------ */
 
-#define PB 4 /* inputs per portable micro tile */
-#define PR 2 /* rows per portable micro tile */
+#if !BDENSE_AVX512
 
-BDENSE_INLINE void portable_tile(const uint32_t *x, const uint32_t *w, int32_t *out, int b0,
-                                 int j0, int nb, int nr, int rows, int words, int n) {
-    uint64_t acc[PB][PR] = {{0}};
+#define PB 4   /* inputs per portable micro tile */
+#define PR 2   /* rows per portable micro tile */
+#define PBC 32 /* inputs per portable block */
+#define PRS 64 /* rows per portable block */
+
+static void portable_tile(const struct job *job, int b0, int j0, int nb, int nr) {
+    const int words = job->words;
     const int nq = words / 2;
+    uint64_t acc[PB][PR] = {{0}};
     const uint32_t *xp[PB];
     const uint32_t *wp[PR];
     for (int b = 0; b < PB; ++b) {
-        xp[b] = x + (size_t)(b0 + (b < nb ? b : 0)) * words;
+        xp[b] = job->x + (size_t)(b0 + (b < nb ? b : 0)) * job->xs;
     }
     for (int r = 0; r < PR; ++r) {
-        wp[r] = w + (size_t)(j0 + (r < nr ? r : 0)) * words;
+        wp[r] = job->w + (size_t)(j0 + (r < nr ? r : 0)) * words;
     }
     for (int q = 0; q < nq; ++q) {
         uint64_t wv[PR];
@@ -134,30 +210,31 @@ BDENSE_INLINE void portable_tile(const uint32_t *x, const uint32_t *w, int32_t *
         }
     }
     for (int b = 0; b < nb; ++b) {
+        int32_t *ob = job->out + (size_t)(b0 + b) * job->rows;
         for (int r = 0; r < nr; ++r) {
-            out[(size_t)(b0 + b) * rows + j0 + r] = (int32_t)(n - 2 * (long long)acc[b][r]);
+            ob[j0 + r] = (int32_t)(job->n - 2 * (long long)acc[b][r]);
         }
     }
 }
 
-static void portable_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, int batch,
-                            int rows, int words, int n, int threads) {
-    const int tb = (batch + PB - 1) / PB;
-    const int tr = (rows + PR - 1) / PR;
-    const long long ntiles = (long long)tb * tr;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-#else
-    (void)threads;
-#endif
-    for (long long t = 0; t < ntiles; ++t) {
-        const int b0 = (int)(t / tr) * PB;
-        const int j0 = (int)(t % tr) * PR;
-        const int nb = batch - b0 < PB ? batch - b0 : PB;
-        const int nr = rows - j0 < PR ? rows - j0 : PR;
-        portable_tile(x, w, out, b0, j0, nb, nr, rows, words, n);
+static void portable_worker(void *ctx, int tid) {
+    struct job *job = (struct job *)ctx;
+    (void)tid;
+    for (long long blk = take_block(job); blk < job->nblocks; blk = take_block(job)) {
+        const int bb0 = (int)(blk / job->nrb) * job->bblock;
+        const int rb0 = (int)(blk % job->nrb) * job->rblock;
+        const int bb1 = bb0 + job->bblock < job->batch ? bb0 + job->bblock : job->batch;
+        const int rb1 = rb0 + job->rblock < job->rows ? rb0 + job->rblock : job->rows;
+        for (int j0 = rb0; j0 < rb1; j0 += PR) {
+            const int nr = rb1 - j0 < PR ? rb1 - j0 : PR;
+            for (int b0 = bb0; b0 < bb1; b0 += PB) {
+                portable_tile(job, b0, j0, bb1 - b0 < PB ? bb1 - b0 : PB, nr);
+            }
+        }
     }
 }
+
+#endif /* !BDENSE_AVX512 */
 
 /* ------------------------------------------------------------------------ */
 /* AVX512-VPOPCNTDQ kernel                                                   */
@@ -167,14 +244,14 @@ static void portable_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, 
 
 #define BB 4   /* inputs per micro tile */
 #define BR 4   /* zmm (8 rows each) per micro tile: 32 rows */
-#define BC 64  /* inputs per cache block (x block: BC * words * 4 bytes) */
-#define RS 256 /* rows per cache block (multiple of 8 * BR) */
+#define BC 64  /* inputs per block: x block of BC * words * 4 bytes stays in L1 */
+#define RS 256 /* rows per block (multiple of 8 * BR) */
 
 /*
  * One micro tile: nb (<= BB) inputs starting at xb (stride xs uint32 words)
  * against nr (<= BR) 8-row groups of the panel starting at wp (stride gs
- * uint64 words between groups).  Output rows j0 .. j0 + 8 * nr - 1, masked at
- * `rows`.  nb and nr are compile-time constants at every call site.
+ * uint64 words between groups).  Writes output rows j0 .. j0 + 8 nr - 1,
+ * masked at `rows`.  nb and nr are compile-time constants at every call site.
  */
 BDENSE_INLINE void avx512_tile(const uint32_t *xb, size_t xs, const uint64_t *wp, size_t gs,
                                int nq, int nb, int nr, int32_t *out, int b0, int j0, int rows,
@@ -193,7 +270,7 @@ BDENSE_INLINE void avx512_tile(const uint32_t *xb, size_t xs, const uint64_t *wp
         for (int r = 0; r < BR; ++r) {
             if (r < nr) {
                 wv[r] = _mm512_load_si512((const void *)(wp + (size_t)r * gs + (size_t)q * 8));
-                /* Keep the panel word in a register: otherwise the compiler folds
+                /* Keep the panel word in a register: otherwise the compiler may fold
                  * the load into every XOR, issuing BB times as many 512-bit loads. */
                 __asm__("" : "+v"(wv[r]));
             }
@@ -201,7 +278,8 @@ BDENSE_INLINE void avx512_tile(const uint32_t *xb, size_t xs, const uint64_t *wp
 #pragma GCC unroll 4
         for (int b = 0; b < BB; ++b) {
             if (b < nb) {
-                const __m512i xv = _mm512_set1_epi64((long long)ld64(xb + (size_t)b * xs + 2 * q));
+                const __m512i xv =
+                    _mm512_set1_epi64((long long)ld64(xb + (size_t)b * xs + 2 * (size_t)q));
 #pragma GCC unroll 4
                 for (int r = 0; r < BR; ++r) {
                     if (r < nr) {
@@ -225,7 +303,7 @@ BDENSE_INLINE void avx512_tile(const uint32_t *xb, size_t xs, const uint64_t *wp
                     const __m256i a32 = _mm512_cvtepi64_epi32(a);
                     const int left = rows - j;
                     if (left >= 8) {
-                        _mm256_storeu_si256((__m256i *)(ob + j), a32);
+                        _mm256_storeu_si256((__m256i *)(void *)(ob + j), a32);
                     } else {
                         _mm256_mask_storeu_epi32(ob + j, (__mmask8)((1u << left) - 1u), a32);
                     }
@@ -260,6 +338,7 @@ static void avx512_tile_any(const uint32_t *xb, size_t xs, const uint64_t *wp, s
         BDENSE_TILE_CASE(4, 1)
         BDENSE_TILE_CASE(4, 2)
         BDENSE_TILE_CASE(4, 3)
+        BDENSE_TILE_CASE(4, 4)
     default:
         break;
     }
@@ -267,26 +346,56 @@ static void avx512_tile_any(const uint32_t *xb, size_t xs, const uint64_t *wp, s
 
 /*
  * Repack w (rows x words uint32) into panels [groups][nq][8] uint64: panel
- * word (g, q, r) is 64-bit word q of row 8 g + r (0 past the last row or word).
+ * word (g, q, i) is 64-bit word q of row 8 g + i (0 past the last row or word).
  */
 static void pack_panels(const uint32_t *w, uint64_t *panel, int rows, int words, int nq,
                         int groups) {
     for (int g = 0; g < groups; ++g) {
         uint64_t *pg = panel + (size_t)g * nq * 8;
-        for (int r = 0; r < 8; ++r) {
-            const int j = 8 * g + r;
+        for (int i = 0; i < 8; ++i) {
+            const int j = 8 * g + i;
             if (j >= rows) {
                 for (int q = 0; q < nq; ++q) {
-                    pg[(size_t)q * 8 + r] = 0;
+                    pg[(size_t)q * 8 + i] = 0;
                 }
                 continue;
             }
             const uint32_t *wj = w + (size_t)j * words;
             for (int q = 0; q < words / 2; ++q) {
-                pg[(size_t)q * 8 + r] = ld64(wj + 2 * q);
+                pg[(size_t)q * 8 + i] = ld64(wj + 2 * q);
             }
             if (words & 1) {
-                pg[(size_t)(nq - 1) * 8 + r] = (uint64_t)wj[words - 1];
+                pg[(size_t)(nq - 1) * 8 + i] = (uint64_t)wj[words - 1];
+            }
+        }
+    }
+}
+
+static void avx512_worker(void *ctx, int tid) {
+    struct job *job = (struct job *)ctx;
+    (void)tid;
+    const size_t xs = job->xs;
+    const size_t gs = job->gs;
+    for (long long blk = take_block(job); blk < job->nblocks; blk = take_block(job)) {
+        const int bc0 = (int)(blk / job->nrb) * BC;
+        const int rs0 = (int)(blk % job->nrb) * RS;
+        const int bc1 = bc0 + BC < job->batch ? bc0 + BC : job->batch;
+        const int rs1 = rs0 + RS < job->rows ? rs0 + RS : job->rows;
+        for (int j0 = rs0; j0 < rs1; j0 += 8 * BR) {
+            const int ng = (rs1 - j0 + 7) / 8;
+            const int nr = ng < BR ? ng : BR;
+            const uint64_t *wp = job->panel + (size_t)(j0 / 8) * gs;
+            int b0 = bc0;
+            if (nr == BR) {
+                for (; b0 + BB <= bc1; b0 += BB) {
+                    avx512_tile(job->x + (size_t)b0 * xs, xs, wp, gs, job->nq, BB, BR, job->out,
+                                b0, j0, job->rows, job->n);
+                }
+            }
+            for (; b0 < bc1; b0 += BB) {
+                const int nb = bc1 - b0 < BB ? bc1 - b0 : BB;
+                avx512_tile_any(job->x + (size_t)b0 * xs, xs, wp, gs, job->nq, nb, nr, job->out,
+                                b0, j0, job->rows, job->n);
             }
         }
     }
@@ -294,65 +403,48 @@ static void pack_panels(const uint32_t *w, uint64_t *panel, int rows, int words,
 
 static int avx512_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, int batch, int rows,
                          int words, int n, int threads) {
+    struct job job;
+    memset(&job, 0, sizeof(job));
     const int nq = (words + 1) / 2;
     const int groups = (rows + 7) / 8;
     const size_t gs = (size_t)nq * 8;
     uint64_t *panel = NULL;
     uint32_t *xcopy = NULL;
-    const size_t panel_bytes = (size_t)groups * gs * sizeof(uint64_t);
-    if (posix_memalign((void **)&panel, 64, panel_bytes ? panel_bytes : 64) != 0) {
+    if (posix_memalign((void **)&panel, 64, (size_t)groups * gs * sizeof(uint64_t)) != 0) {
         return -2;
     }
     pack_panels(w, panel, rows, words, nq, groups);
 
     /* Inputs are read as 64-bit words: with an odd word count, copy them into
      * a zero-padded buffer with an even stride. */
-    const uint32_t *xq = x;
-    const size_t xs = (size_t)nq * 2; /* input stride in uint32 words */
+    job.x = x;
+    job.xs = (size_t)nq * 2;
     if (words & 1) {
-        xcopy = (uint32_t *)malloc((size_t)batch * xs * sizeof(uint32_t));
+        xcopy = (uint32_t *)malloc((size_t)batch * job.xs * sizeof(uint32_t));
         if (xcopy == NULL) {
             free(panel);
             return -2;
         }
         for (int b = 0; b < batch; ++b) {
-            uint32_t *dst = xcopy + (size_t)b * xs;
+            uint32_t *dst = xcopy + (size_t)b * job.xs;
             memcpy(dst, x + (size_t)b * words, (size_t)words * sizeof(uint32_t));
             dst[words] = 0;
         }
-        xq = xcopy;
+        job.x = xcopy;
     }
-
-    const int nbc = (batch + BC - 1) / BC;
-    const int nrs = (rows + RS - 1) / RS;
-    const long long nblocks = (long long)nbc * nrs;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-#else
-    (void)threads;
-#endif
-    for (long long blk = 0; blk < nblocks; ++blk) {
-        const int bc0 = (int)(blk / nrs) * BC;
-        const int rs0 = (int)(blk % nrs) * RS;
-        const int bc1 = bc0 + BC < batch ? bc0 + BC : batch;
-        const int rs1 = rs0 + RS < rows ? rs0 + RS : rows;
-        for (int j0 = rs0; j0 < rs1; j0 += 8 * BR) {
-            const int nr = (rs1 - j0 + 7) / 8 < BR ? (rs1 - j0 + 7) / 8 : BR;
-            const uint64_t *wp = panel + (size_t)(j0 / 8) * gs;
-            int b0 = bc0;
-            if (nr == BR) {
-                for (; b0 + BB <= bc1; b0 += BB) {
-                    avx512_tile(xq + (size_t)b0 * xs, xs, wp, gs, nq, BB, BR, out, b0, j0, rows,
-                                n);
-                }
-            }
-            for (; b0 < bc1; b0 += BB) {
-                const int nb = bc1 - b0 < BB ? bc1 - b0 : BB;
-                avx512_tile_any(xq + (size_t)b0 * xs, xs, wp, gs, nq, nb, nr, out, b0, j0, rows,
-                                n);
-            }
-        }
-    }
+    job.panel = panel;
+    job.gs = gs;
+    job.out = out;
+    job.batch = batch;
+    job.rows = rows;
+    job.words = words;
+    job.n = n;
+    job.nq = nq;
+    job.bblock = BC;
+    job.rblock = RS;
+    job.nrb = (rows + RS - 1) / RS;
+    job.nblocks = (long long)((batch + BC - 1) / BC) * job.nrb;
+    run_threads(avx512_worker, &job, job.nblocks < threads ? (int)job.nblocks : threads);
     free(xcopy);
     free(panel);
     return 0;
@@ -379,17 +471,36 @@ int bdense_popcount_threads(const uint32_t *x, const uint32_t *w, int32_t *out, 
         }
         return 0;
     }
+    /* Starting a thread costs tens of microseconds, the time of ~10^7 binary
+     * MACs: small calls run on the calling thread only. */
+    if ((long long)batch * rows * words < (1LL << 20)) {
+        threads = 1;
+    }
 #if BDENSE_AVX512
     return avx512_kernel(x, w, out, batch, rows, words, n, threads);
 #else
-    portable_kernel(x, w, out, batch, rows, words, n, threads);
+    struct job job;
+    memset(&job, 0, sizeof(job));
+    job.x = x;
+    job.xs = (size_t)words;
+    job.w = w;
+    job.out = out;
+    job.batch = batch;
+    job.rows = rows;
+    job.words = words;
+    job.n = n;
+    job.bblock = PBC;
+    job.rblock = PRS;
+    job.nrb = (rows + PRS - 1) / PRS;
+    job.nblocks = (long long)((batch + PBC - 1) / PBC) * job.nrb;
+    run_threads(portable_worker, &job, job.nblocks < threads ? (int)job.nblocks : threads);
     return 0;
 #endif
 }
 
 int bdense_popcount(const uint32_t *x, const uint32_t *w, int32_t *out, int batch, int rows,
                     int words, int n) {
-    return bdense_popcount_threads(x, w, out, batch, rows, words, n, 0);
+    return bdense_popcount_threads(x, w, out, batch, rows, words, n, 1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -398,21 +509,16 @@ int bdense_popcount(const uint32_t *x, const uint32_t *w, int32_t *out, int batc
 
 #define PEAK_UNROLL 16 /* independent popcount instructions per loop iteration */
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 #if BDENSE_AVX512
 #define VPOP(D) "vpopcntq %1, %%zmm" #D "\n\t"
+/* 16 independent VPOPCNTQ per iteration: no loads, no dependency chains. */
 static void vector_loop(long long iters) {
     const __m512i src = _mm512_set1_epi64(0x0123456789abcdefLL);
     __asm__ __volatile__(".p2align 5\n"
-                         "1:\n\t" VPOP(0) VPOP(1) VPOP(2) VPOP(3) VPOP(4) VPOP(5) VPOP(6) VPOP(7)
-                             VPOP(8) VPOP(9) VPOP(10) VPOP(11) VPOP(12) VPOP(13) VPOP(14)
-                                 VPOP(15) "sub $1, %0\n\t"
-                                          "jnz 1b\n\t"
+                         "1:\n\t" VPOP(0) VPOP(1) VPOP(2) VPOP(3) VPOP(4) VPOP(5) VPOP(6)
+                             VPOP(7) VPOP(8) VPOP(9) VPOP(10) VPOP(11) VPOP(12) VPOP(13)
+                                 VPOP(14) VPOP(15) "sub $1, %0\n\t"
+                                                   "jnz 1b\n\t"
                          : "+r"(iters)
                          : "v"(src)
                          : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
@@ -424,6 +530,7 @@ static void vector_loop(long long iters) {
 
 #if defined(__x86_64__) && defined(__POPCNT__)
 #define SPOP(D) "popcnt %1, %%" #D "\n\t"
+/* 16 POPCNT per iteration into 8 destinations (no dependency chains). */
 static void scalar_loop(long long iters) {
     const unsigned long long src = 0x0123456789abcdefULL;
     __asm__ __volatile__(".p2align 5\n"
@@ -437,35 +544,72 @@ static void scalar_loop(long long iters) {
 }
 #undef SPOP
 #else
+/* Portable stand-in: 16 independent __builtin_popcountll per iteration. */
 static void scalar_loop(long long iters) {
-    volatile uint64_t sink = 0;
-    uint64_t s[PEAK_UNROLL];
-    for (int i = 0; i < PEAK_UNROLL; ++i) {
-        s[i] = 0x0123456789abcdefULL + (uint64_t)i;
-    }
-    uint64_t acc = 0;
+    uint64_t acc[PEAK_UNROLL] = {0};
+    uint64_t v = 0x0123456789abcdefULL;
     for (long long it = 0; it < iters; ++it) {
         for (int i = 0; i < PEAK_UNROLL; ++i) {
-            acc += (uint64_t)__builtin_popcountll(s[i] ^ (uint64_t)it);
+            acc[i] += (uint64_t)__builtin_popcountll(v + (uint64_t)i);
         }
+        __asm__ __volatile__("" : "+r"(v));
     }
-    sink = acc;
-    (void)sink;
+    uint64_t s = 0;
+    for (int i = 0; i < PEAK_UNROLL; ++i) {
+        s += acc[i];
+    }
+    __asm__ __volatile__("" : : "r"(s));
 }
 #endif
+
+struct peak_job {
+    void (*loop)(long long);
+    long long iters;
+    int ready; /* threads waiting at the start line (atomic) */
+    int go;    /* start flag (atomic) */
+};
+
+static void peak_worker(void *ctx, int tid) {
+    struct peak_job *job = (struct peak_job *)ctx;
+    if (tid != 0) {
+        __atomic_fetch_add(&job->ready, 1, __ATOMIC_ACQ_REL);
+        while (!__atomic_load_n(&job->go, __ATOMIC_ACQUIRE)) {
+        }
+        job->loop(job->iters);
+    }
+}
 
 static double run_peak(void (*loop)(long long), int bits, int threads, long long iters) {
     threads = resolve_threads(threads);
     if (iters <= 0) {
         iters = 1;
     }
-    loop(iters / 8 + 1); /* warm up clocks and the instruction cache */
+    loop(iters / 4 + 1); /* warm up clocks and the instruction cache */
+    struct peak_job job = {loop, iters, 0, 0};
+    pthread_t handles[BDENSE_MAX_THREADS];
+    struct thread_arg args[BDENSE_MAX_THREADS];
+    int started = 1;
+    for (int t = 1; t < threads; ++t) {
+        args[t].fn = peak_worker;
+        args[t].ctx = &job;
+        args[t].tid = t;
+        if (pthread_create(&handles[t], NULL, thread_main, &args[t]) != 0) {
+            break;
+        }
+        ++started;
+    }
+    while (__atomic_load_n(&job.ready, __ATOMIC_ACQUIRE) < started - 1) {
+    }
     const double t0 = now_seconds();
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1)
-#endif
+    __atomic_store_n(&job.go, 1, __ATOMIC_RELEASE);
     loop(iters);
+    for (int t = 1; t < started; ++t) {
+        pthread_join(handles[t], NULL);
+    }
     const double dt = now_seconds() - t0;
+    if (started != threads) {
+        return -1.0;
+    }
     const double ops = (double)threads * (double)iters * PEAK_UNROLL * (double)bits;
     return dt > 0.0 ? ops / dt : 0.0;
 }

@@ -1,14 +1,17 @@
 /*
- * Host binary dense (XNOR/popcount) kernel.
+ * Host binary dense (XOR/popcount) kernel.
  *
- * Bit convention: bit 1 encodes -1, bit 0 encodes +1.  Each vector of n
- * signs is packed LSB-first into little-endian 32-bit words and padded with
- * 0-bits up to `words` = ceil(n / 32) words (any larger `words` also works as
- * long as the padding bits of x and w are 0).
+ * Bit convention: bit 1 encodes -1, bit 0 encodes +1.  Each vector of n signs
+ * is packed LSB-first into little-endian 32-bit words (sign i is bit i % 32 of
+ * word i / 32) and padded with 0-bits up to `words` >= ceil(n / 32) words.
+ * The padding bits of x and w are 0, so they never count as mismatches.
  *
  * For x in {-1,+1}^n and a weight row w_j in {-1,+1}^n the pre-activation is
  *
  *     a_j = sum_i w_ji x_i = n - 2 * popcount(x XOR w_j).
+ *
+ * Threading uses POSIX threads (no OpenMP runtime); every entry point is
+ * reentrant and keeps no global state.
  */
 #ifndef LIGHTNING_BET_BDENSE_H
 #define LIGHTNING_BET_BDENSE_H
@@ -22,29 +25,37 @@ extern "C" {
 /*
  * out[b * rows + j] = n - 2 * popcount(x[b, :] XOR w[j, :]).
  *
- * x:   batch x words uint32 (row-major), w: rows x words uint32 (row-major),
- * out: batch x rows int32 (row-major).  Uses the default thread count
- * (OpenMP's, or 1 without OpenMP).  Returns 0 on success, -1 on invalid
- * arguments, -2 on allocation failure.
+ * x:   batch x words uint32, row-major.
+ * w:   rows x words uint32, row-major.
+ * out: batch x rows int32, row-major.
+ * n:   true fan-in, 0 <= n <= 32 * words.
+ *
+ * Runs on one thread.  Returns 0 on success, -1 on invalid arguments, -2 when
+ * a work buffer cannot be allocated or a thread cannot be started.
  */
 int bdense_popcount(const uint32_t *x, const uint32_t *w, int32_t *out, int batch, int rows,
                     int words, int n);
 
-/* Same as bdense_popcount with an explicit thread count (<= 0: default). */
+/* Same as bdense_popcount on `threads` threads (<= 0: all online CPUs). */
 int bdense_popcount_threads(const uint32_t *x, const uint32_t *w, int32_t *out, int batch,
                             int rows, int words, int n, int threads);
 
-/* Portable reference (scalar __builtin_popcountll, single thread, no tiling). */
+/* Straightforward reference (32-bit __builtin_popcount, one thread, no tiling). */
 int bdense_popcount_reference(const uint32_t *x, const uint32_t *w, int32_t *out, int batch,
                               int rows, int words, int n);
 
 /*
- * Popcount peak of this CPU in popcount'd bits per second, using `threads`
- * threads (<= 0: default) that each run `iters` iterations of 16 independent
- * popcount instructions on register data.
- *   bdense_peak_vector: 512-bit vpopcntq (0.0 when not compiled with
- *                       AVX512-VPOPCNTDQ).
- *   bdense_peak_scalar: 64-bit popcnt.
+ * Popcount peak of this CPU in popcount'd bits per second on `threads`
+ * threads (<= 0: all online CPUs).  Each thread runs `iters` iterations of 16
+ * independent popcount instructions on register data (no loads, no
+ * dependency chains); the rate is total bits over the wall time of the
+ * parallel section.
+ *   bdense_peak_vector: 512-bit VPOPCNTQ, 512 bits per instruction; 0.0 when
+ *                       the AVX512-VPOPCNTDQ path is not compiled in.
+ *   bdense_peak_scalar: 64-bit POPCNT, 64 bits per instruction (a plain C
+ *                       __builtin_popcountll loop where the POPCNT instruction
+ *                       is not available at compile time).
+ * Returns a negative value when a thread cannot be started.
  */
 double bdense_peak_vector(int threads, long long iters);
 double bdense_peak_scalar(int threads, long long iters);
@@ -52,8 +63,8 @@ double bdense_peak_scalar(int threads, long long iters);
 /* 1 when the AVX512-VPOPCNTDQ kernel path was compiled in, else 0. */
 int bdense_has_avx512(void);
 
-/* Default number of threads the kernel uses (1 without OpenMP). */
-int bdense_max_threads(void);
+/* Number of online CPUs (the thread count used for threads <= 0). */
+int bdense_online_cpus(void);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,444 @@
+"""Host-side high-performance binary dense kernel (C, loaded with ctypes).
+
+Bit convention (shared with the microcontroller runtime): bit 1 encodes -1 and
+bit 0 encodes +1; the n signs of a vector are packed LSB-first into little-endian
+``uint32`` words (sign ``i`` is bit ``i % 32`` of word ``i // 32``) and padded
+with 0-bits to ``words = ceil(n / 32)`` words. For inputs ``x`` and weight rows
+``w_j`` in ``{-1, +1}^n``::
+
+    a_j = sum_i w_ji x_i = n - 2 * popcount(x XOR w_j)
+
+Typical use::
+
+    xp = pack_signs(x)            # (batch, n) +-1 floats -> (batch, words) uint32
+    wp = pack_signs(w)            # (rows, n)             -> (rows, words) uint32
+    a = binary_dense(xp, wp, n)   # (batch, rows) int32 pre-activations
+
+The C library is compiled with gcc on first use (see ``lightning_bet.native.build``
+for the cache location and keying) with ``-O3 -march=native``; where the CPU has
+AVX512-VPOPCNTDQ the kernel uses 512-bit ``VPOPCNTQ``, else a portable
+``__builtin_popcountll`` path. If the ``-march=native`` build fails the portable
+build is used with a warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lightning_bet.native.build import (
+    COMMON_FLAGS,
+    DEFAULT_COMPILER,
+    NATIVE_FLAGS,
+    PORTABLE_FLAGS,
+    build_library,
+    cache_dir,
+    load_cdll,
+)
+
+__all__ = [
+    "COMMON_FLAGS",
+    "NATIVE_FLAGS",
+    "PORTABLE_FLAGS",
+    "BinaryDenseLibrary",
+    "binary_dense",
+    "build_library",
+    "cache_dir",
+    "default_threads",
+    "get_library",
+    "load_library",
+    "pack_signs",
+    "popcount_peak",
+    "unpack_signs",
+]
+
+_INT_MAX = 2**31 - 1
+_DEFAULT_PEAK_ITERS = 10_000_000
+
+
+def default_threads() -> int:
+    """Number of CPUs this process may run on (its affinity mask where available).
+
+    Returns:
+        At least 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_threads(threads: int | None) -> int:
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def pack_signs(x: np.ndarray) -> np.ndarray:
+    """Pack signs (or bits) along the last axis into LSB-first ``uint32`` words.
+
+    Numeric inputs map ``x < 0`` to bit 1 (-1) and everything else, including
+    ``0`` and ``-0.0``, to bit 0 (+1), i.e. ``sign(0) = +1``. Boolean inputs are
+    taken as the bits themselves (``True`` = bit 1 = -1). Each row is padded
+    with 0-bits to a multiple of 32.
+
+    Args:
+        x: Array of shape ``(..., n)``: +-1 (or any real) values, or bools.
+
+    Returns:
+        ``uint32`` array of shape ``(..., ceil(n / 32))``.
+
+    Raises:
+        TypeError: If ``x`` is not a numpy array of bool, integer or float dtype.
+        ValueError: If ``x`` is 0-dimensional or contains NaN.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension (..., n), got a 0-d array")
+    if x.dtype == np.bool_:
+        bits = x
+    elif np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating):
+        if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+            raise ValueError("x contains NaN; its sign is undefined")
+        bits = x < 0
+    else:
+        raise TypeError(f"x must have a bool, integer or float dtype, got {x.dtype}")
+    n = bits.shape[-1]
+    words = -(-n // 32)
+    if words * 32 != n:
+        pad = [(0, 0)] * (bits.ndim - 1) + [(0, words * 32 - n)]
+        bits = np.pad(bits, pad)
+    packed = np.packbits(bits, axis=-1, bitorder="little")
+    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32, copy=False)
+
+
+def unpack_signs(packed: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of ``pack_signs`` for numeric inputs: words back to +-1 values.
+
+    Args:
+        packed: ``uint32`` array of shape ``(..., words)``.
+        n: Number of signs per row, ``0 <= n <= 32 * words``.
+
+    Returns:
+        ``int8`` array of shape ``(..., n)`` with values in ``{-1, +1}``.
+
+    Raises:
+        TypeError: If ``packed`` is not a ``uint32`` numpy array or ``n`` not an int.
+        ValueError: If ``packed`` is 0-dimensional or ``n`` is out of range.
+    """
+    if not isinstance(packed, np.ndarray) or packed.dtype != np.uint32:
+        raise TypeError(f"packed must be a numpy uint32 array, got {_describe(packed)}")
+    if packed.ndim == 0:
+        raise ValueError("packed must have at least one dimension (..., words)")
+    n = _check_n(n, packed.shape[-1])
+    as_bytes = np.ascontiguousarray(packed).astype("<u4", copy=False).view(np.uint8)
+    bits = np.unpackbits(as_bytes, axis=-1, count=n, bitorder="little")
+    return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
+
+
+def _describe(a: object) -> str:
+    if isinstance(a, np.ndarray):
+        return f"ndarray(dtype={a.dtype}, shape={a.shape})"
+    return type(a).__name__
+
+
+def _check_n(n: int, words: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if not 0 <= n <= 32 * words:
+        raise ValueError(f"n must satisfy 0 <= n <= 32 * words = {32 * words}, got n={n}")
+    return int(n)
+
+
+def _padding_is_zero(packed: np.ndarray, n: int) -> bool:
+    """Whether every bit at index >= n of every row is 0."""
+    full, rem = divmod(n, 32)
+    if rem:
+        mask = np.uint32((0xFFFFFFFF << rem) & 0xFFFFFFFF)
+        if np.any(packed[..., full] & mask):
+            return False
+        full += 1
+    return not np.any(packed[..., full:])
+
+
+def _as_u32_ptr(a: np.ndarray) -> ctypes._Pointer:
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+
+
+@dataclass(frozen=True)
+class BinaryDenseLibrary:
+    """A compiled and loaded build of the kernel.
+
+    Attributes:
+        path: Shared library file.
+        flags: Optimisation/ISA flags it was built with.
+        has_avx512: Whether the AVX512-VPOPCNTDQ path was compiled in.
+    """
+
+    cdll: ctypes.CDLL
+    path: Path
+    flags: tuple[str, ...]
+    has_avx512: bool
+
+    @property
+    def kernel_path(self) -> str:
+        """Name of the compiled kernel path: ``avx512-vpopcntdq`` or ``portable``."""
+        return "avx512-vpopcntdq" if self.has_avx512 else "portable"
+
+    def binary_dense(
+        self,
+        xpacked: np.ndarray,
+        wpacked: np.ndarray,
+        n: int,
+        *,
+        threads: int | None = None,
+        out: np.ndarray | None = None,
+        check_padding: bool = True,
+    ) -> np.ndarray:
+        """Integer pre-activations ``n - 2 * popcount(x_b XOR w_j)``.
+
+        Args:
+            xpacked: Packed inputs, ``uint32`` of shape ``(batch, words)`` or
+                ``(words,)``.
+            wpacked: Packed weights, ``uint32`` of shape ``(rows, words)``.
+            n: True fan-in, ``0 <= n <= 32 * words``.
+            threads: Worker threads; ``None`` uses all CPUs of this process.
+            out: Optional C-contiguous ``int32`` output of shape ``(batch, rows)``
+                (``(rows,)`` for 1-D ``xpacked``) to write into, e.g. to reuse
+                one buffer across calls.
+            check_padding: Verify that the padding bits (index >= n) are 0.
+
+        Returns:
+            ``int32`` array of shape ``(batch, rows)`` (``(rows,)`` for 1-D
+            ``xpacked``): ``out`` itself when given.
+
+        Raises:
+            TypeError: On non-array or non-``uint32`` packed inputs, a non-int
+                ``n``/``threads`` or an ``out`` of the wrong dtype.
+            ValueError: On mismatched shapes, ``n`` out of range, non-zero
+                padding bits, sizes beyond ``int32`` or a bad ``out`` shape.
+            MemoryError: If the kernel cannot allocate its work buffers.
+        """
+        for name, a in (("xpacked", xpacked), ("wpacked", wpacked)):
+            if not isinstance(a, np.ndarray) or a.dtype != np.uint32:
+                raise TypeError(f"{name} must be a numpy uint32 array, got {_describe(a)}")
+        if xpacked.ndim not in (1, 2):
+            raise ValueError(
+                f"xpacked must have shape (batch, words) or (words,), got {xpacked.shape}"
+            )
+        if wpacked.ndim != 2:
+            raise ValueError(f"wpacked must have shape (rows, words), got {wpacked.shape}")
+        single = xpacked.ndim == 1
+        x2 = xpacked[None, :] if single else xpacked
+        batch, words = x2.shape
+        rows, wwords = wpacked.shape
+        if wwords != words:
+            raise ValueError(
+                f"xpacked and wpacked must have the same number of words, got {words} and {wwords}"
+            )
+        n = _check_n(n, words)
+        if max(batch, rows) > _INT_MAX or words > _INT_MAX // 32:
+            raise ValueError(f"sizes too large: batch={batch}, rows={rows}, words={words}")
+        if check_padding:
+            for name, a in (("xpacked", x2), ("wpacked", wpacked)):
+                if not _padding_is_zero(a, n):
+                    raise ValueError(f"{name} has non-zero padding bits at index >= n={n}")
+        nthreads = _check_threads(threads)
+        shape = (rows,) if single else (batch, rows)
+        if out is None:
+            out = np.empty(shape, dtype=np.int32)
+        else:
+            if not isinstance(out, np.ndarray) or out.dtype != np.int32:
+                raise TypeError(f"out must be a numpy int32 array, got {_describe(out)}")
+            if out.shape != shape or not out.flags.c_contiguous or not out.flags.writeable:
+                raise ValueError(
+                    f"out must be a writeable C-contiguous array of shape {shape}, got "
+                    f"shape {out.shape}"
+                )
+        x2 = np.ascontiguousarray(x2)
+        w2 = np.ascontiguousarray(wpacked)
+        rc = self.cdll.bdense_popcount_threads(
+            _as_u32_ptr(x2),
+            _as_u32_ptr(w2),
+            out.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            batch,
+            rows,
+            words,
+            n,
+            nthreads,
+        )
+        if rc == -2:
+            raise MemoryError("bdense_popcount could not allocate its work buffers")
+        if rc != 0:
+            raise ValueError(
+                f"bdense_popcount rejected batch={batch}, rows={rows}, words={words}, n={n}"
+            )
+        return out
+
+    def popcount_peak(self, threads: int = 1, iters: int | None = None, trials: int = 3) -> dict:
+        """Measure this CPU's popcount peak in popcount'd bits per second.
+
+        Each thread runs ``iters`` iterations of 16 independent popcount
+        instructions on register data; the best of ``trials`` runs is kept.
+        The vector peak counts 512 bits per ``VPOPCNTQ``, the scalar peak 64
+        bits per ``POPCNT``. One popcount'd bit is one binary MAC once paired
+        with the XOR, so a kernel's binary-MAC/s over ``peak_gbitops * 1e9``
+        is its fraction of peak.
+
+        Args:
+            threads: Threads running the loop at the same time (use the kernel's
+                thread count for an honest fraction).
+            iters: Loop iterations per thread; default 10 million.
+            trials: Measurements to take the best of.
+
+        Returns:
+            Dict with ``vector_gbitops`` (``None`` without AVX512-VPOPCNTDQ),
+            ``scalar_gbitops``, ``peak_gbitops`` (vector where compiled in,
+            else scalar), ``peak_kind`` (``"vpopcntq-512"`` or
+            ``"popcnt-64"``), ``threads`` and ``kernel_path``.
+
+        Raises:
+            TypeError: If ``threads``, ``iters`` or ``trials`` is not an int.
+            ValueError: If any of them is < 1.
+            RuntimeError: If a measurement thread cannot be started.
+        """
+        nthreads = _check_threads(threads)
+        if iters is None:
+            iters = _DEFAULT_PEAK_ITERS
+        for name, v in (("iters", iters), ("trials", trials)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+
+        def best(fn: ctypes._CFuncPtr, scale: int) -> float:
+            rates = [fn(nthreads, (int(iters) * scale)) for _ in range(int(trials))]
+            if min(rates) < 0:
+                raise RuntimeError(f"could not start {nthreads} threads for the peak loop")
+            return max(rates) / 1e9
+
+        vector = best(self.cdll.bdense_peak_vector, 1) if self.has_avx512 else None
+        # POPCNT moves 8x fewer bits per instruction and issues several per cycle:
+        # run more iterations for a comparable measurement time.
+        scalar = best(self.cdll.bdense_peak_scalar, 2)
+        return {
+            "vector_gbitops": vector,
+            "scalar_gbitops": scalar,
+            "peak_gbitops": vector if vector is not None else scalar,
+            "peak_kind": "vpopcntq-512" if vector is not None else "popcnt-64",
+            "threads": nthreads,
+            "kernel_path": self.kernel_path,
+        }
+
+
+_DEFAULT_LOCK = threading.Lock()
+_DEFAULT: BinaryDenseLibrary | None = None
+
+
+def load_library(
+    flags: tuple[str, ...] = NATIVE_FLAGS,
+    *,
+    compiler: str = DEFAULT_COMPILER,
+    directory: str | os.PathLike[str] | None = None,
+) -> BinaryDenseLibrary:
+    """Build (if needed) and load one flavour of the kernel.
+
+    Args:
+        flags: Optimisation/ISA flags, e.g. ``NATIVE_FLAGS`` (default) or
+            ``PORTABLE_FLAGS`` for the ``__builtin_popcountll`` path.
+        compiler: Compiler command.
+        directory: Cache directory; default ``cache_dir()``.
+
+    Returns:
+        The loaded library.
+
+    Raises:
+        RuntimeError: If the compiler is missing or compilation fails.
+    """
+    cdll, path = load_cdll(tuple(flags), compiler=compiler, directory=directory)
+    return BinaryDenseLibrary(
+        cdll=cdll, path=path, flags=tuple(flags), has_avx512=bool(cdll.bdense_has_avx512())
+    )
+
+
+def get_library() -> BinaryDenseLibrary:
+    """The default library: the ``-O3 -march=native`` build, loaded once per process.
+
+    Falls back to the portable build (with a ``RuntimeWarning``) when the
+    native build fails to compile.
+
+    Returns:
+        The loaded library.
+
+    Raises:
+        RuntimeError: If gcc is missing or neither build compiles.
+    """
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            try:
+                _DEFAULT = load_library(NATIVE_FLAGS)
+            except RuntimeError as exc:
+                if "not found" in str(exc):
+                    raise
+                warnings.warn(
+                    f"native build failed, using the portable build instead: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                _DEFAULT = load_library(PORTABLE_FLAGS)
+        return _DEFAULT
+
+
+def binary_dense(
+    xpacked: np.ndarray,
+    wpacked: np.ndarray,
+    n: int,
+    *,
+    threads: int | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Binary dense layer on packed signs with the default (native) library.
+
+    Args:
+        xpacked: Packed inputs, ``uint32`` of shape ``(batch, words)`` or ``(words,)``.
+        wpacked: Packed weights, ``uint32`` of shape ``(rows, words)``.
+        n: True fan-in, ``0 <= n <= 32 * words``.
+        threads: Worker threads; ``None`` uses all CPUs of this process.
+        out: Optional ``int32`` output buffer of the result's shape.
+
+    Returns:
+        ``int32`` pre-activations ``n - 2 * popcount(x XOR w)`` of shape
+        ``(batch, rows)`` (``(rows,)`` for 1-D ``xpacked``).
+
+    Raises:
+        TypeError: See ``BinaryDenseLibrary.binary_dense``.
+        ValueError: See ``BinaryDenseLibrary.binary_dense``.
+        RuntimeError: If the library cannot be built.
+    """
+    return get_library().binary_dense(xpacked, wpacked, n, threads=threads, out=out)
+
+
+def popcount_peak(threads: int = 1, iters: int | None = None, trials: int = 3) -> dict:
+    """Popcount peak of this CPU with the default library.
+
+    Args:
+        threads: Threads running the peak loop at the same time.
+        iters: Loop iterations per thread; default 10 million.
+        trials: Measurements to take the best of.
+
+    Returns:
+        See ``BinaryDenseLibrary.popcount_peak``.
+    """
+    return get_library().popcount_peak(threads=threads, iters=iters, trials=trials)
