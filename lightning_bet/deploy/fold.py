@@ -9,7 +9,8 @@ every sample.
 Threshold rule. BatchNorm (eval mode) then ``sign`` is ``o = +1`` iff ``d (a_float - tau) >= 0``
 (:func:`~lightning_bet.functional.margins.fold_batchnorm`). The first layer sees pixels
 ``x = q / L`` with integer ``q``, so ``a_float = a / L`` with the exact integer ``a = W @ q``; later
-layers see ``{-1, +1}`` inputs (``L = 1``). Hence, with ``tau`` and ``L * tau`` in float64:
+layers see ``{-1, +1}`` inputs (``L = 1``). Hence, with ``tau`` computed in float64 and
+``L * tau`` rounded up or down *exactly* (rational arithmetic on that float64 value):
 
 - ``d = +1``: ``a / L >= tau`` iff ``a >= ceil(L tau)``: ``T = ceil(L tau)``;
 - ``d = -1``: ``a / L <= tau`` iff ``a <= floor(L tau)``: ``T = floor(L tau)``;
@@ -22,6 +23,7 @@ every outcome and fits ``int32``.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -48,8 +50,8 @@ def fold_thresholds(
         fan_in: ``n``; ``|a| <= n * L``.
 
     Returns:
-        int64 ``(C,)``: ``ceil(L tau)`` where ``d = +1``, ``floor(L tau)`` where ``d = -1``,
-        clamped to ``[-n L - 1, n L + 1]``.
+        int64 ``(C,)``: ``ceil(L tau)`` where ``d = +1``, ``floor(L tau)`` where ``d = -1``
+        (exact for the float64 value of ``tau``), clamped to ``[-n L - 1, n L + 1]``.
 
     Example:
         >>> fold_thresholds(np.array([0.3, 0.3, -np.inf]), np.array([1, -1, 1]), 16, 4)
@@ -58,6 +60,10 @@ def fold_thresholds(
     """
     tau64 = np.asarray(tau.detach().cpu() if isinstance(tau, Tensor) else tau, dtype=np.float64)
     d64 = np.asarray(d.detach().cpu() if isinstance(d, Tensor) else d, dtype=np.float64)
+    if tau64.ndim != 1 or tau64.shape != d64.shape:
+        raise ValueError(
+            f"Expected `tau` and `d` of the same shape (C,), but got {tau64.shape} and {d64.shape}"
+        )
     bound = fan_in * levels + 1
     if bound > _INT32_MAX:
         raise ValueError(
@@ -65,8 +71,15 @@ def fold_thresholds(
         )
     if np.isnan(tau64).any():
         raise ValueError("Expected `tau` to contain no NaN (a BatchNorm with NaN statistics?)")
-    scaled = levels * tau64
-    folded = np.where(d64 > 0, np.ceil(scaled), np.floor(scaled))
+    # exact rational ceil/floor of L * tau for the float64 tau: a float64 product could round
+    # onto an integer (e.g. 3 * float(-14/3) == -14.0) and move the threshold by one
+    folded = np.array(
+        [
+            t if math.isinf(t) else (math.ceil if dj > 0 else math.floor)(Fraction(t) * levels)
+            for t, dj in zip(tau64.tolist(), d64.tolist(), strict=True)
+        ],
+        dtype=np.float64,
+    )
     return np.clip(folded, -bound, bound).astype(np.int64)
 
 
