@@ -4,7 +4,7 @@
  */
 #include "bet_runtime.h"
 
-#include <string.h>
+/* Only freestanding headers (<stddef.h>, <stdint.h>): no libc is needed. */
 
 /* ---------------------------------------------------------------------------------------- */
 /* Little-endian loads from bytes: byte-order independent and alignment free; GCC and Clang
@@ -30,10 +30,23 @@ static int32_t bet_i32(uint32_t u)
     return -(int32_t)(~u) - 1;
 }
 
-/* ---------------------------------------------------------------------------------------- */
-/* Population count: the compiler builtin under GCC/Clang, else a SWAR fallback. */
+/* IEEE-754 binary32 from its bit pattern (union punning is defined in C99). */
+static float bet_f32(uint32_t bits)
+{
+    union {
+        uint32_t u;
+        float f;
+    } pun;
+    pun.u = bits;
+    return pun.f;
+}
 
-#if defined(__GNUC__) || defined(__clang__)
+/* ---------------------------------------------------------------------------------------- */
+/* Population count: the compiler builtin under GCC/Clang, else a SWAR fallback.  Define
+   BET_SWAR_POPCOUNT to force the fallback (on cores without a popcount instruction, e.g. Cortex-M,
+   the builtin is a libgcc call; the SWAR version is a few inline instructions). */
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(BET_SWAR_POPCOUNT)
 #define BET_POPCOUNT32(x) ((uint32_t)__builtin_popcount((unsigned int)(x)))
 #else
 static uint32_t bet_popcount32_swar(uint32_t x)
@@ -101,6 +114,8 @@ const char *bet_status_str(bet_status status)
 #define BET_LAYER_BINARY_INPUT 1u
 /* Largest first-layer fan-in whose uint8 accumulation cannot overflow int32: n * 255 < 2^31. */
 #define BET_MAX_PIXEL_FAN_IN (0x7FFFFFFFu / 255u)
+
+static const bet_model bet_empty_model = {0};
 
 static uint32_t bet_crc_at(const uint8_t *blob, uint32_t offset, uint32_t size)
 {
@@ -193,7 +208,7 @@ bet_status bet_model_init_ex(bet_model *m, const uint8_t *blob, size_t len, uint
     if (m == NULL) {
         return BET_ERR_NULL;
     }
-    memset(m, 0, sizeof(*m));
+    *m = bet_empty_model;
     if (blob == NULL) {
         return BET_ERR_NULL;
     }
@@ -314,10 +329,10 @@ bet_status bet_model_init_ex(bet_model *m, const uint8_t *blob, size_t len, uint
             goto fail;
         }
     }
-    memcpy(&m->scale, &scale_bits, sizeof(m->scale));
+    m->scale = bet_f32(scale_bits);
     return BET_OK;
 fail:
-    memset(m, 0, sizeof(*m));
+    *m = bet_empty_model;
     return st;
 }
 

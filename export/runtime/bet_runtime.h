@@ -42,13 +42,17 @@ extern "C" {
  */
 #define BET_SCRATCH_WORDS(max_hidden) (2u * BET_WORDS(max_hidden) + 1u)
 
-/* Portable alignment attribute for model blobs (4 bytes lets compilers use word loads). */
+/*
+ * Attributes for model blobs, written after the declarator (`static const uint8_t x[] BET_ALIGN4`).
+ * 4-byte alignment only speeds up loads (the runtime reads bytes, any address works); compilers
+ * without GCC-style attributes get nothing.
+ */
 #if defined(__GNUC__) || defined(__clang__)
 #define BET_ALIGN4 __attribute__((aligned(4)))
-#elif defined(_MSC_VER)
-#define BET_ALIGN4 __declspec(align(4))
+#define BET_UNUSED __attribute__((unused))
 #else
 #define BET_ALIGN4
+#define BET_UNUSED
 #endif
 
 /* Result codes of bet_model_init. */

@@ -1,0 +1,512 @@
+"""Build and drive the portable C runtime (``export/runtime/``) from Python.
+
+The host harness ``bet_host`` is the C runtime linked with a small command line driver
+(``bet_host_main.c``). :func:`build_host` compiles it once per source/compiler/flags hash into a
+cache folder; :func:`run_c` classifies samples with it, :func:`evaluate_bitstreams_c` measures the
+accuracy of many (e.g. fault-emulated) bitstreams in one process call, and :func:`check_bitstream_c`
+returns the runtime's verdict on a file. :func:`footprint` reports flash and RAM of a model on a
+device.
+
+The runtime sources are located by :func:`runtime_dir` (``export/runtime`` of the source tree, or
+the folder named by the ``LIGHTNING_BET_RUNTIME_DIR`` environment variable).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lightning_bet.deploy.model import DeployModel
+
+__all__ = [
+    "HOST_CFLAGS",
+    "RUNTIME_SOURCES",
+    "BetRuntimeError",
+    "BetStatus",
+    "build_host",
+    "check_bitstream_c",
+    "compiler",
+    "evaluate_bitstreams_c",
+    "footprint",
+    "run_c",
+    "runtime_dir",
+]
+
+#: The files of the device runtime (what a firmware project compiles).
+RUNTIME_SOURCES = ("bet_runtime.h", "bet_runtime.c")
+#: The host harness's own source.
+HOST_SOURCES = (*RUNTIME_SOURCES, "bet_host_main.c")
+#: Flags of the host build: strict C99, every warning an error.
+HOST_CFLAGS = ("-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-O2")
+
+_HEADER_BYTES = 48
+_ENTRY_BYTES = 32
+
+
+class BetStatus(enum.IntEnum):
+    """Result codes of ``bet_model_init`` (``enum bet_status`` in ``bet_runtime.h``)."""
+
+    OK = 0
+    ERR_NULL = 1
+    ERR_TRUNCATED = 2
+    ERR_TRAILING = 3
+    ERR_MAGIC = 4
+    ERR_VERSION = 5
+    ERR_HEADER_CRC = 6
+    ERR_FLAGS = 7
+    ERR_VALUE = 8
+    ERR_TOO_MANY_LAYERS = 9
+    ERR_TABLE_CRC = 10
+    ERR_LAYOUT = 11
+    ERR_SECTION_CRC = 12
+    ERR_FILE_CRC = 13
+    ERR_PADDING = 14
+
+
+class BetRuntimeError(RuntimeError):
+    """The C runtime rejected a bitstream (``status`` says why) or the harness failed."""
+
+    def __init__(self, message: str, status: BetStatus | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def runtime_dir() -> Path:
+    """The folder holding the C runtime sources.
+
+    Searched in order: the ``LIGHTNING_BET_RUNTIME_DIR`` environment variable, a ``runtime``
+    folder shipped inside the package (``lightning_bet/deploy/runtime``), and ``export/runtime``
+    of the source tree this package was imported from.
+
+    Returns:
+        The folder; it holds every file of :data:`HOST_SOURCES`.
+
+    Raises:
+        FileNotFoundError: if no candidate holds the sources.
+
+    """
+    here = Path(__file__).resolve().parent
+    candidates = []
+    if os.environ.get("LIGHTNING_BET_RUNTIME_DIR"):
+        candidates.append(Path(os.environ["LIGHTNING_BET_RUNTIME_DIR"]))
+    candidates += [here / "runtime", here.parents[1] / "export" / "runtime"]
+    for candidate in candidates:
+        if all((candidate / name).is_file() for name in HOST_SOURCES):
+            return candidate
+    raise FileNotFoundError(
+        "Expected the C runtime sources "
+        + ", ".join(HOST_SOURCES)
+        + " in one of "
+        + ", ".join(str(c) for c in candidates)
+        + "; set LIGHTNING_BET_RUNTIME_DIR to the folder holding them"
+    )
+
+
+def compiler() -> str:
+    """The C compiler: ``$CC`` if set, else the first of ``cc``, ``gcc``, ``clang`` on the PATH.
+
+    Raises:
+        RuntimeError: if there is none.
+
+    """
+    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise RuntimeError(f"Expected a C compiler ({' or '.join(names)}) on the PATH, but found none")
+
+
+def _default_cache_dir() -> Path:
+    root = os.environ.get("LIGHTNING_BET_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(root) / "lightning-bet" if root else Path.home() / ".cache" / "lightning-bet"
+
+
+def _compile(args: Sequence[str], what: str) -> None:
+    result = subprocess.run(list(args), capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"Compiling {what} failed ({' '.join(args)}):\n{result.stdout}{result.stderr}"
+        )
+
+
+def build_host(
+    cache_dir: str | os.PathLike | None = None, cflags: Sequence[str] = HOST_CFLAGS
+) -> Path:
+    """Compile the host harness ``bet_host`` (once per sources, compiler and flags).
+
+    Args:
+        cache_dir: folder for the executable; default ``$LIGHTNING_BET_CACHE/lightning-bet``,
+            else ``$XDG_CACHE_HOME/lightning-bet``, else ``~/.cache/lightning-bet``.
+        cflags: compiler flags (default :data:`HOST_CFLAGS`: C99, ``-Wall -Wextra -Werror``).
+
+    Returns:
+        Path of the executable, named by a hash of sources, compiler and flags, so a changed
+        source is rebuilt and concurrent builds never see a half-written file.
+
+    Raises:
+        RuntimeError: without a C compiler, or when compilation fails (the message holds the
+            compiler output).
+
+    """
+    cc = compiler()
+    source_dir = runtime_dir()
+    digest = hashlib.sha256()
+    for part in (cc, *cflags):
+        digest.update(part.encode() + b"\0")
+    for name in HOST_SOURCES:
+        digest.update((source_dir / name).read_bytes())
+    folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"bet_host-{digest.hexdigest()[:16]}"
+    if target.is_file() and os.access(target, os.X_OK):
+        return target
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        out = Path(tmp) / "bet_host"
+        sources = [str(source_dir / name) for name in HOST_SOURCES if name.endswith(".c")]
+        _compile([cc, *cflags, "-o", str(out), *sources], "the C runtime host harness")
+        os.replace(out, target)
+    return target
+
+
+def _as_bytes(name: str, data: object) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"Expected `{name}` to be bytes, but got {type(data).__name__}")
+    return bytes(data)
+
+
+def _u32(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 4], "little")
+
+
+def _declared_inputs(bitstream: bytes) -> int | None:
+    """in_features of layer 0 as the layer table states it (None if the file is too short)."""
+    if len(bitstream) < _HEADER_BYTES + _ENTRY_BYTES:
+        return None
+    return _u32(bitstream, _HEADER_BYTES + 12)
+
+
+def _declared_classes(bitstream: bytes) -> int:
+    """out_features of the output layer of a bitstream the C runtime accepted."""
+    last = _u32(bitstream, 12) - 1
+    return _u32(bitstream, _HEADER_BYTES + _ENTRY_BYTES * last + 8)
+
+
+def _as_pixels(q: object, features: int | None) -> np.ndarray:
+    """Validate integer pixels ``q`` and return them as C-contiguous uint8 ``(N, features)``."""
+    if hasattr(q, "detach"):
+        q = q.detach().cpu().numpy()
+    array = np.asarray(q)
+    if array.ndim < 2:
+        raise ValueError(
+            f"Expected `q` to have shape (N, features) or (N, *input_shape), but got {array.shape}"
+        )
+    flat = array.reshape(array.shape[0], int(np.prod(array.shape[1:])))
+    if features is not None and flat.shape[1] != features:
+        raise ValueError(
+            f"Expected `q` to have {features} features per sample (the bitstream's layer 0), but "
+            f"got shape {array.shape}"
+        )
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise TypeError(f"Expected `q` to hold integer pixels, but got dtype {array.dtype}")
+    if flat.size and (
+        (flat != np.round(flat)).any() if np.issubdtype(flat.dtype, np.floating) else False
+    ):
+        raise ValueError("Expected `q` to hold integer pixels, but got non-integer values")
+    if flat.size and (flat.min() < 0 or flat.max() > 255):
+        raise ValueError(
+            f"Expected `q` to hold pixels in [0, 255] (uint8), but got values in "
+            f"[{flat.min()}, {flat.max()}]"
+        )
+    return np.ascontiguousarray(flat, dtype=np.uint8)
+
+
+def _rejected(stderr: str) -> BetRuntimeError:
+    match = re.search(r"rejected: (\d+) (.*)", stderr)
+    if match:
+        status = BetStatus(int(match.group(1)))
+        return BetRuntimeError(
+            f"The C runtime rejected the bitstream: {status.name} ({match.group(2).strip()})",
+            status,
+        )
+    return BetRuntimeError(f"The C runtime harness failed: {stderr.strip()}")
+
+
+def run_c(
+    bitstream: bytes,
+    q: np.ndarray,
+    *,
+    check_crc: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Classify samples with the C runtime.
+
+    Args:
+        bitstream: a format-v1 bitstream.
+        q: ``(N, in_features)`` or ``(N, *input_shape)`` integer pixels in ``[0, 255]`` (numpy
+            array or tensor; the bitstream's ``input_levels`` bounds meaningful values).
+        check_crc: verify every CRC (``False`` runs a deliberately faulted file as stored).
+        cache_dir: where the harness is built (see :func:`build_host`).
+
+    Returns:
+        ``(preds, logits)``: int64 ``(N,)`` predicted classes and int64 ``(N, num_classes)``
+        integer logits.
+
+    Raises:
+        BetRuntimeError: the runtime rejected the bitstream (``.status`` is the
+            :class:`BetStatus`).
+
+    Example:
+        >>> preds, logits = run_c(write_bitstream(model), q)  # doctest: +SKIP
+
+    """
+    bitstream = _as_bytes("bitstream", bitstream)
+    pixels = _as_pixels(q, _declared_inputs(bitstream))
+    host = build_host(cache_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "model.bet").write_bytes(bitstream)
+        pixels.tofile(folder / "input.u8")
+        args = [str(host), "predict", "model.bet", "input.u8", "preds.i32", "logits.i32"]
+        if not check_crc:
+            args.append("--no-crc")
+        result = subprocess.run(args, cwd=folder, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise _rejected(result.stderr)
+        preds = np.fromfile(folder / "preds.i32", dtype="<i4").astype(np.int64)
+        logits = np.fromfile(folder / "logits.i32", dtype="<i4").astype(np.int64)
+    return preds, logits.reshape(len(pixels), _declared_classes(bitstream))
+
+
+def evaluate_bitstreams_c(
+    bitstreams: Sequence[bytes],
+    q: np.ndarray,
+    y: np.ndarray,
+    *,
+    check_crc: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """Accuracy of each of many bitstreams on the same samples, in one harness process.
+
+    Meant for fault emulation: faulted copies of one model (e.g. from
+    ``lightning_bet.deploy.emulate``) are all evaluated by one ``bet_host accuracy`` call.
+
+    Args:
+        bitstreams: format-v1 bitstreams with the same input size.
+        q: ``(N, in_features)`` or ``(N, *input_shape)`` integer pixels in ``[0, 255]``.
+        y: ``(N,)`` integer labels in ``[0, 255]``.
+        check_crc: verify every CRC; pass ``False`` for files whose bits were faulted without
+            refreshing their checksums.
+        cache_dir: where the harness is built (see :func:`build_host`).
+
+    Returns:
+        float64 ``(len(bitstreams),)`` accuracies in ``[0, 1]``.
+
+    Raises:
+        BetRuntimeError: if the runtime rejects one of the bitstreams (the message names it).
+
+    """
+    if isinstance(bitstreams, bytes | bytearray | memoryview) or not isinstance(
+        bitstreams, Sequence
+    ):
+        raise TypeError(
+            f"Expected `bitstreams` to be a sequence of bytes, but got {type(bitstreams).__name__}"
+        )
+    blobs = [_as_bytes(f"bitstreams[{i}]", b) for i, b in enumerate(bitstreams)]
+    if not blobs:
+        return np.zeros(0, dtype=np.float64)
+    pixels = _as_pixels(q, _declared_inputs(blobs[0]))
+    labels = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+    if labels.shape != (len(pixels),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"Expected `y` to be integer labels of shape ({len(pixels)},), but got shape "
+            f"{labels.shape} and dtype {labels.dtype}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(
+            f"Expected `y` in [0, 255], but got values in [{labels.min()}, {labels.max()}]"
+        )
+    host = build_host(cache_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        pixels.tofile(folder / "input.u8")
+        labels.astype(np.uint8).tofile(folder / "labels.u8")
+        names = []
+        for i, blob in enumerate(blobs):
+            names.append(f"m{i}.bet")
+            (folder / names[-1]).write_bytes(blob)
+        args = [str(host), "accuracy", "input.u8", "labels.u8", *names]
+        if not check_crc:
+            args.append("--no-crc")
+        result = subprocess.run(args, cwd=folder, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BetRuntimeError(f"The C runtime harness failed: {result.stderr.strip()}")
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
+    if len(rows) != len(blobs):
+        raise BetRuntimeError(f"Expected {len(blobs)} result lines, but got {result.stdout!r}")
+    accuracies = np.zeros(len(blobs), dtype=np.float64)
+    for i, (status, correct, total) in enumerate(rows):
+        if int(status) != BetStatus.OK:
+            raise BetRuntimeError(
+                f"The C runtime rejected bitstreams[{i}]: {BetStatus(int(status)).name}",
+                BetStatus(int(status)),
+            )
+        accuracies[i] = int(correct) / int(total) if int(total) else float("nan")
+    return accuracies
+
+
+def check_bitstream_c(
+    bitstream: bytes, *, check_crc: bool = True, cache_dir: str | os.PathLike | None = None
+) -> BetStatus:
+    """The C runtime's verdict on a bitstream (``bet_model_init``).
+
+    Args:
+        bitstream: the bytes to validate.
+        check_crc: verify every CRC.
+        cache_dir: where the harness is built (see :func:`build_host`).
+
+    Returns:
+        :attr:`BetStatus.OK` or the error code.
+
+    """
+    bitstream = _as_bytes("bitstream", bitstream)
+    host = build_host(cache_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.bet"
+        path.write_bytes(bitstream)
+        args = [str(host), "info", str(path)] + ([] if check_crc else ["--no-crc"])
+        result = subprocess.run(args, capture_output=True, text=True, check=False)
+    match = re.match(r"status (\d+) ", result.stdout)
+    if not match:
+        raise BetRuntimeError(f"The C runtime harness failed: {result.stderr.strip()}")
+    return BetStatus(int(match.group(1)))
+
+
+def _object_sizes(cc: str, cflags: Sequence[str], cache_dir: Path) -> dict[str, int]:
+    """Code size of ``bet_runtime.o`` and ``sizeof(bet_model)`` as built by ``cc cflags``.
+
+    Both are read from object files (``size`` and ``nm -S``), so a cross compiler gives the
+    target's numbers without running anything.
+    """
+    tools = {}
+    for tool in ("size", "nm"):
+        found = shutil.which(os.environ.get(tool.upper(), tool))
+        if found is None:
+            raise RuntimeError(f"Expected the binutils `{tool}` tool on the PATH, but found none")
+        tools[tool] = found
+    source_dir = runtime_dir()
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        folder = Path(tmp)
+        obj = folder / "bet_runtime.o"
+        _compile([cc, *cflags, "-c", str(source_dir / "bet_runtime.c"), "-o", str(obj)], "")
+        probe = folder / "probe.c"
+        probe.write_text('#include "bet_runtime.h"\nbet_model bet_footprint_model;\n')
+        _compile(
+            [
+                cc,
+                *cflags,
+                "-fno-common",
+                "-I",
+                str(source_dir),
+                "-c",
+                str(probe),
+                "-o",
+                str(folder / "probe.o"),
+            ],
+            "the footprint probe",
+        )
+        sizes = subprocess.run(
+            [tools["size"], str(obj)], capture_output=True, text=True, check=True
+        ).stdout
+        symbols = subprocess.run(
+            [tools["nm"], "-S", str(folder / "probe.o")], capture_output=True, text=True, check=True
+        ).stdout
+    text, data, bss = (int(v) for v in sizes.splitlines()[1].split()[:3])
+    match = re.search(r"^[0-9a-fA-F]+ ([0-9a-fA-F]+) \w bet_footprint_model$", symbols, re.M)
+    if match is None:
+        raise RuntimeError(f"Could not read sizeof(bet_model) from nm output: {symbols!r}")
+    return {"text": text, "data": data, "bss": bss, "model_struct": int(match.group(1), 16)}
+
+
+def _model_shapes(model: DeployModel | bytes) -> tuple[list[tuple[int, int]], int]:
+    if isinstance(model, DeployModel):
+        from lightning_bet.deploy.bitstream import write_bitstream
+
+        data = write_bitstream(model)
+    else:
+        data = _as_bytes("model", model)
+    from lightning_bet.deploy.bitstream import parse_bitstream
+
+    packed = parse_bitstream(data)
+    return [(layer.out_features, layer.in_features) for layer in packed.layers], len(data)
+
+
+def footprint(
+    model: DeployModel | bytes,
+    *,
+    cflags: Sequence[str] = ("-std=c99", "-Os"),
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, int | str]:
+    """Flash and RAM a model needs with the C runtime on a device.
+
+    Flash is the bitstream (read in place: weights, thresholds, directions, header, table and
+    CRCs) plus the runtime's code, measured with ``size`` on ``bet_runtime.o`` compiled with
+    ``cflags``. RAM is the scratch buffers, the logits and the parsed ``bet_model`` struct
+    (``sizeof`` read from an object file built with the same flags); the input pixels are the
+    caller's and reported apart. The host compiler gives host numbers (``-m32`` approximates a
+    32-bit core); ``CC=arm-none-eabi-gcc`` with ``cflags=("-std=c99", "-mcpu=cortex-m4",
+    "-mthumb", "-Os")`` gives a Cortex-M4's.
+
+    Args:
+        model: a :class:`DeployModel` or its bitstream.
+        cflags: flags for the code-size build.
+        cache_dir: scratch folder for the object files (default: the harness cache).
+
+    Returns:
+        Byte counts: ``weights``, ``thresholds`` (thresholds + directions), ``format_overhead``
+        (header, layer table, CRCs), ``bitstream``, ``code`` (text + data of the object),
+        ``flash`` (bitstream + code), ``scratch``, ``logits``, ``model_struct``, ``ram`` (the
+        three summed), ``input`` (pixels of one sample); and ``compiler`` and ``cflags``.
+
+    Example:
+        >>> footprint(model)["flash"]  # doctest: +SKIP
+        107204
+
+    """
+    shapes, bitstream_bytes = _model_shapes(model)
+    weights = sum(4 * out * ((n + 31) // 32) for out, n in shapes)
+    thresholds = sum(4 * out + 4 * ((out + 31) // 32) for out, _ in shapes[:-1])
+    max_hidden = max((out for out, _ in shapes[:-1]), default=0)
+    scratch = 4 * (2 * ((max_hidden + 31) // 32) + 1)
+    logits = 4 * shapes[-1][0]
+    cc = compiler()
+    folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = _object_sizes(cc, cflags, folder)
+    code = sizes["text"] + sizes["data"]
+    return {
+        "weights": weights,
+        "thresholds": thresholds,
+        "format_overhead": bitstream_bytes - weights - thresholds,
+        "bitstream": bitstream_bytes,
+        "code": code,
+        "flash": bitstream_bytes + code,
+        "scratch": scratch,
+        "logits": logits,
+        "model_struct": sizes["model_struct"],
+        "ram": scratch + logits + sizes["model_struct"] + sizes["bss"],
+        "input": shapes[0][1],
+        "compiler": Path(cc).name,
+        "cflags": " ".join(cflags),
+    }
