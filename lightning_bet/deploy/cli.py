@@ -1,0 +1,362 @@
+"""``lightning-bet export`` and ``lightning-bet emulate`` (dispatched by ``lightning_bet.cli``).
+
+``export``: checkpoint + recipe -> ``model.bet`` (bitstream v1), ``model.h`` + C runtime sources
+(when ``lightning_bet.deploy.c_header`` is available), ``model.tflite`` (when
+``lightning_bet.deploy.tflite_export`` is available) and ``manifest.json`` (shapes, sizes,
+sha256 of every file, deploy-mode test accuracy and how often each backend agrees with deploy
+mode on the test set).
+
+``emulate``: accuracy mean ± std of a bitstream under RRAM faults injected into its packed bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_bet.deploy.bitstream import FORMAT_VERSION, read_bitstream, write_bitstream
+from lightning_bet.deploy.emulate import emulate
+from lightning_bet.deploy.fold import deploy_forward, to_deploy
+from lightning_bet.deploy.interpreter import run_bitstream
+from lightning_bet.functional.faults import FaultModel
+
+__all__ = [
+    "emulate_main",
+    "export_demo",
+    "export_main",
+    "export_model",
+    "load_checkpoint",
+    "test_pixels",
+]
+
+
+def _optional(module: str, name: str) -> Any | None:
+    """``module.name`` if that module exists, else ``None``."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def load_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike) -> tuple[Any, Any]:
+    """Build model and datamodule from a recipe and load a checkpoint's weights into the model.
+
+    Args:
+        ckpt: a Lightning checkpoint (``{"state_dict": ...}``) or a plain state dict of the
+            ``BNNClassifier``. Checkpoints are unpickled: load only files you trust.
+        config: the recipe (LightningCLI YAML) the checkpoint was trained with.
+
+    Returns:
+        ``(module, datamodule)``, the module in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: for a missing file.
+        ValueError: when the checkpoint does not match the recipe's model.
+
+    """
+    from lightning_bet.cli import make_cli
+
+    for name, path in (("ckpt", ckpt), ("config", config)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Expected `{name}` to be an existing file, but got {path!r}")
+    cli = make_cli(args=["--config", str(config)], run=False)
+    module, datamodule = cli.model, cli.datamodule
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f"Expected `ckpt` {str(ckpt)!r} to hold a checkpoint dict, but got "
+            f"{type(checkpoint).__name__}"
+        )
+    state = checkpoint.get("state_dict", checkpoint)
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"Checkpoint {str(ckpt)!r} does not match the model of config {str(config)!r}: {error}"
+        ) from error
+    return module.cpu().eval(), datamodule
+
+
+def test_pixels(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """``(x, q, y, input_levels)`` of a datamodule's test split, ``q`` the integer pixels.
+
+    Raises:
+        ValueError: if the datamodule has no ``input_levels`` or its inputs are not
+            ``q / input_levels`` for integer ``q``.
+
+    """
+    levels = getattr(datamodule, "input_levels", None)
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(
+            f"Expected the datamodule {type(datamodule).__name__} to define an int "
+            f"`input_levels` >= 1 (inputs q / input_levels), but got {levels!r}"
+        )
+    datamodule.setup("test")
+    xs, ys = [], []
+    for x, y in datamodule.test_dataloader():
+        xs.append(x)
+        ys.append(y)
+    x, y = torch.cat(xs), torch.cat(ys)
+    scaled = x.double() * levels
+    q = scaled.round()
+    if (scaled - q).abs().max() > 1e-3 or q.min() < 0 or q.max() > levels:
+        raise ValueError(
+            f"Expected the test inputs of {type(datamodule).__name__} to be q / {levels} with "
+            f"integer q in [0, {levels}] (deploy mode needs integer pixels), but they are not"
+        )
+    return x, q.to(torch.int64), y, levels
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _agreement(logits: np.ndarray | None, reference: np.ndarray) -> float | None:
+    """Fraction of samples whose integer logits equal the reference's (``None``: no backend)."""
+    if logits is None:
+        return None
+    return float(np.mean(np.all(np.asarray(logits) == reference, axis=1)))
+
+
+def export_model(
+    ckpt: str | os.PathLike, config: str | os.PathLike, out_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """Export a trained fully connected BNN and check every backend against deploy mode.
+
+    Args:
+        ckpt: the checkpoint.
+        config: its recipe.
+        out_dir: destination folder (created).
+
+    Returns:
+        The manifest (also written to ``out_dir/manifest.json``).
+
+    """
+    module, datamodule = load_checkpoint(ckpt, config)
+    x, q, y, levels = test_pixels(datamodule)
+    net = module.net
+    model = to_deploy(net, levels)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = write_bitstream(model)
+    (out / "model.bet").write_bytes(data)
+    files = [out / "model.bet"]
+
+    with torch.no_grad():
+        float_pred = net(x).argmax(1).numpy()
+    reference = deploy_forward(model, q).numpy()
+    q8 = q.numpy().astype(np.uint8) if levels <= 255 else q.numpy()
+    numpy_logits = run_bitstream(data, q8)
+    c_logits = tflite_logits = None
+
+    write_c_package = _optional("lightning_bet.deploy.c_header", "write_c_package")
+    if write_c_package is None:
+        warnings.warn("lightning_bet.deploy.c_header is not available: no C export", stacklevel=2)
+    else:
+        info = write_c_package(data, out)
+        files += [Path(info["header"]), *map(Path, info["sources"])]
+        run_c = _optional("lightning_bet.deploy.c_runner", "run_c")
+        if run_c is not None and levels <= 255:
+            try:
+                _, c_logits = run_c(data, q8)
+            except (RuntimeError, OSError) as error:  # no compiler on this machine
+                warnings.warn(f"C runtime not evaluated: {error}", stacklevel=2)
+
+    write_tflite = _optional("lightning_bet.deploy.tflite_export", "write_tflite")
+    if write_tflite is None:
+        warnings.warn(
+            "lightning_bet.deploy.tflite_export is not available: no TFLite", stacklevel=2
+        )
+    else:
+        write_tflite(model, out / "model.tflite")
+        files.append(out / "model.tflite")
+        run_tflite = _optional("lightning_bet.deploy.tflite_export", "run_tflite")
+        if run_tflite is not None:
+            try:
+                _, tflite_logits = run_tflite((out / "model.tflite").read_bytes(), q.numpy())
+            except (ImportError, RuntimeError, OSError) as error:  # no TFLite runtime
+                warnings.warn(f"TFLite model not evaluated: {error}", stacklevel=2)
+
+    labels = y.numpy()
+    deploy_pred = reference.argmax(1)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "checkpoint": str(ckpt),
+        "config": str(config),
+        "input_shape": list(model.input_shape),
+        "input_levels": model.input_levels,
+        "scale": model.scale,
+        "layers": [list(layer.shape) for layer in model.layers],
+        "files": {
+            path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            for path in sorted(set(files))
+        },
+        "test_samples": int(labels.size),
+        "accuracy": {
+            "float": float(np.mean(float_pred == labels)),
+            "deploy": float(np.mean(deploy_pred == labels)),
+        },
+        "agreement": {
+            "deploy_vs_float_predictions": float(np.mean(deploy_pred == float_pred)),
+            "numpy": _agreement(numpy_logits, reference),
+            "c": _agreement(c_logits, reference),
+            "tflite": _agreement(tflite_logits, reference),
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def export_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``lightning-bet export --ckpt CKPT --config RECIPE --out DIR``."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="lightning-bet export",
+        description="Export a trained fully connected BNN: bitstream, C header, TFLite, manifest.",
+    )
+    parser.add_argument("--ckpt", type=str, required=True, help="checkpoint (.ckpt)")
+    parser.add_argument("--config", type=str, required=True, help="the recipe it was trained with")
+    parser.add_argument("--out", type=str, required=True, help="output folder")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    manifest = export_model(args.ckpt, args.config, args.out)
+    agreement = ", ".join(
+        f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in manifest["agreement"].items()
+    )
+    print(
+        f"wrote {args.out}: model.bet {manifest['files']['model.bet']['bytes']} bytes; deploy "
+        f"accuracy {manifest['accuracy']['deploy']:.4f}; agreement with deploy mode: {agreement}"
+    )
+    return manifest
+
+
+def _emulation_data(data: str) -> tuple[np.ndarray, np.ndarray, int]:
+    if data == "digits":
+        from lightning_bet.data.digits import DIGITS_LEVELS, load_digits_splits
+
+        x, y = load_digits_splits()["test"]
+        return (x * DIGITS_LEVELS).round().to(torch.int64).numpy(), y.numpy(), DIGITS_LEVELS
+    if not Path(data).is_file():
+        raise ValueError(
+            f"Expected `data` to be 'digits' or a recipe/datamodule config file, but got {data!r}"
+        )
+    from lightning_bet.cli import make_cli
+
+    datamodule = make_cli(args=["--config", data], run=False).datamodule
+    _, q, y, levels = test_pixels(datamodule)
+    return q.numpy(), y.numpy(), levels
+
+
+def emulate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``lightning-bet emulate DIR/model.bet --p 0.01 --realizations R --data digits|CONFIG``."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="lightning-bet emulate",
+        description="Accuracy of a bitstream under RRAM bit errors injected into its packed bits.",
+    )
+    parser.add_argument("bitstream", type=str, help="a model.bet file")
+    parser.add_argument("--p", type=float, default=0.01, help="symmetric bit error rate")
+    parser.add_argument("--p01", type=float | None, default=None, help="asymmetric: 0 -> 1 rate")
+    parser.add_argument("--p10", type=float | None, default=None, help="asymmetric: 1 -> 0 rate")
+    parser.add_argument("--stuck_at_0", type=float, default=0.0, help="fraction stuck at 0 (+1)")
+    parser.add_argument("--stuck_at_1", type=float, default=0.0, help="fraction stuck at 1 (-1)")
+    parser.add_argument("--realizations", type=int, default=10, help="fault maps (fixed)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the fault maps")
+    parser.add_argument("--layers", type=list[int] | None, default=None, help="default: all")
+    parser.add_argument("--data", type=str, default="digits", help="'digits' or a recipe YAML")
+    parser.add_argument("--backend", type=str, default="numpy", help="'numpy' or 'c'")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.backend not in ("numpy", "c"):
+        raise ValueError(f"Expected `backend` to be 'numpy' or 'c', but got {args.backend!r}")
+    asymmetric = args.p01 is not None or args.p10 is not None
+    fault_model = FaultModel(
+        p=0.0 if asymmetric else args.p,
+        p01=args.p01,
+        p10=args.p10,
+        stuck_at_0=args.stuck_at_0,
+        stuck_at_1=args.stuck_at_1,
+    )
+    path = Path(args.bitstream)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Expected `bitstream` to be an existing file, but got {str(path)!r}"
+        )
+    data = path.read_bytes()
+    model = read_bitstream(data)
+    q, y, levels = _emulation_data(args.data)
+    if levels != model.input_levels or q.reshape(len(q), -1).shape[1] != model.in_features:
+        raise ValueError(
+            f"Expected data with {model.in_features} pixels of {model.input_levels} levels for "
+            f"{str(path)!r}, but {args.data!r} has {q.reshape(len(q), -1).shape[1]} pixels of "
+            f"{levels} levels"
+        )
+    if args.backend == "c":
+        from lightning_bet.deploy.c_runner import evaluate_bitstreams_c
+        from lightning_bet.deploy.emulate import faulty_bitstreams
+
+        streams = list(
+            faulty_bitstreams(data, fault_model, args.realizations, args.seed, layers=args.layers)
+        )
+        accuracies = evaluate_bitstreams_c(streams, q, y)
+        std = float(accuracies.std(ddof=1)) if accuracies.size > 1 else 0.0
+        mean = float(accuracies.mean())
+    else:
+        result = emulate(
+            data, q, y, fault_model, args.realizations, args.seed, layers=args.layers, progress=True
+        )
+        accuracies, mean, std = result.accuracies, result.mean, result.std
+    rates = f"p={args.p}" if not asymmetric else f"p01={args.p01}, p10={args.p10}"
+    print(
+        f"accuracy at {rates} over {args.realizations} realizations ({args.backend}): "
+        f"{mean:.4f} ± {std:.4f}"
+    )
+    return {"mean": mean, "std": std, "accuracies": accuracies.tolist()}
+
+
+def export_demo(
+    ckpt_path: str | os.PathLike,
+    config_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    p: float = 0.01,
+    realizations: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Export, check every backend and emulate faults: the numbers ``make demo`` shows.
+
+    Args:
+        ckpt_path: checkpoint.
+        config_path: its recipe.
+        out_dir: export folder.
+        p: symmetric bit error rate for the emulation.
+        realizations: fault maps.
+        seed: base seed of the fault maps.
+
+    Returns:
+        ``{"bitstream_bytes", "agree_numpy", "agree_c", "agree_tflite",
+        "emulated": {"p", "mean", "std"}}``; agreements are fractions of test samples whose
+        integer logits equal deploy mode's (``None`` where a backend is unavailable).
+
+    """
+    manifest = export_model(ckpt_path, config_path, out_dir)
+    _, datamodule = load_checkpoint(ckpt_path, config_path)
+    _, q, y, _ = test_pixels(datamodule)
+    data = (Path(out_dir) / "model.bet").read_bytes()
+    result = emulate(data, q.numpy(), y.numpy(), FaultModel(p=p), realizations, seed)
+    agreement = manifest["agreement"]
+    return {
+        "bitstream_bytes": manifest["files"]["model.bet"]["bytes"],
+        "agree_numpy": agreement["numpy"],
+        "agree_c": agreement["c"],
+        "agree_tflite": agreement["tflite"],
+        "emulated": {"p": p, "mean": result.mean, "std": result.std},
+    }
