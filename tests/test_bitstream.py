@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import struct
 import time
 import zlib
@@ -324,3 +325,19 @@ def test_parse_bitstream_offsets_point_at_the_weights():
     for layer in packed.layers:
         stored = np.frombuffer(data, "<u4", layer.weight_words.size, layer.weight_offset)
         assert np.array_equal(stored, layer.weight_words.ravel())
+
+
+def test_bitstream_size_benchmark_meets_targets_and_matches_the_format(tmp_path):
+    from lightning_bet.bench.bitstream_size import run
+
+    result = run(tmp_path)
+    # FORMAT.md "Size": words per row ceil(n/32), thresholds + direction words, fixed overhead
+    layers = [(2048, 784), (2048, 2048), (10, 2048)]
+    payload = sum(4 * m * ((n + 31) // 32) for m, n in layers)
+    payload += sum(4 * m + 4 * ((m + 31) // 32) for m, _ in layers[:-1])
+    assert result["payload_bytes"] == payload
+    assert result["bytes"] == payload + 56 + 36 * len(layers)
+    assert result["information_bound_bytes"] == (sum(m * n for m, n in layers) + 33 * 4096) // 8
+    assert result["vs_information_bound"] <= 1.01
+    assert result["vs_float32_state_dict"] >= 30
+    assert json.loads((tmp_path / "results.json").read_text())["bitstream_size"] == result
