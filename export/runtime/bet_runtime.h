@@ -38,7 +38,8 @@ extern "C" {
 
 /*
  * Scratch words bet_predict needs for a model whose widest hidden layer has `max_hidden`
- * outputs: two ping-pong bit buffers.  Generated model headers define <NAME>_SCRATCH_WORDS.
+ * outputs: two ping-pong bit buffers, plus one word so that a model without hidden layers still
+ * gets a non-empty array.  Generated model headers define <NAME>_SCRATCH_WORDS.
  */
 #define BET_SCRATCH_WORDS(max_hidden) (2u * BET_WORDS(max_hidden) + 1u)
 

@@ -29,6 +29,8 @@ from lightning_bet.deploy.model import DeployModel
 
 __all__ = [
     "HOST_CFLAGS",
+    "ILP32_CFLAGS",
+    "REFERENCE_FCNNS",
     "RUNTIME_SOURCES",
     "BetRuntimeError",
     "BetStatus",
@@ -37,6 +39,8 @@ __all__ = [
     "compiler",
     "evaluate_bitstreams_c",
     "footprint",
+    "footprint_markdown",
+    "reference_footprints",
     "run_c",
     "runtime_dir",
 ]
@@ -409,7 +413,14 @@ def _object_sizes(cc: str, cflags: Sequence[str], cache_dir: Path) -> dict[str, 
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         folder = Path(tmp)
         obj = folder / "bet_runtime.o"
-        _compile([cc, *cflags, "-c", str(source_dir / "bet_runtime.c"), "-o", str(obj)], "")
+        source = str(source_dir / "bet_runtime.c")
+        try:  # -fstack-usage writes bet_runtime.su next to the object (GCC, recent Clang)
+            _compile([cc, *cflags, "-fstack-usage", "-c", source, "-o", str(obj)], "")
+        except RuntimeError:
+            _compile([cc, *cflags, "-c", source, "-o", str(obj)], "the C runtime")
+        su = obj.with_suffix(".su")
+        frames = su.read_text().splitlines() if su.is_file() else []
+        stack = sum(int(line.split("\t")[1]) for line in frames) if frames else -1
         probe = folder / "probe.c"
         probe.write_text('#include "bet_runtime.h"\nbet_model bet_footprint_model;\n')
         _compile(
@@ -436,7 +447,13 @@ def _object_sizes(cc: str, cflags: Sequence[str], cache_dir: Path) -> dict[str, 
     match = re.search(r"^[0-9a-fA-F]+ ([0-9a-fA-F]+) \w bet_footprint_model$", symbols, re.M)
     if match is None:
         raise RuntimeError(f"Could not read sizeof(bet_model) from nm output: {symbols!r}")
-    return {"text": text, "data": data, "bss": bss, "model_struct": int(match.group(1), 16)}
+    return {
+        "text": text,
+        "data": data,
+        "bss": bss,
+        "model_struct": int(match.group(1), 16),
+        "stack": stack,
+    }
 
 
 def _model_shapes(model: DeployModel | bytes) -> tuple[list[tuple[int, int]], int]:
@@ -463,8 +480,8 @@ def footprint(
     Flash is the bitstream (read in place: weights, thresholds, directions, header, table and
     CRCs) plus the runtime's code, measured with ``size`` on ``bet_runtime.o`` compiled with
     ``cflags``. RAM is the scratch buffers, the logits and the parsed ``bet_model`` struct
-    (``sizeof`` read from an object file built with the same flags); the input pixels are the
-    caller's and reported apart. The host compiler gives host numbers (``-m32`` approximates a
+    (``sizeof`` read from an object file built with the same flags); the stack and the input
+    pixels are reported apart. The host compiler gives host numbers (``-m32`` approximates a
     32-bit core); ``CC=arm-none-eabi-gcc`` with ``cflags=("-std=c99", "-mcpu=cortex-m4",
     "-mthumb", "-Os")`` gives a Cortex-M4's.
 
@@ -477,7 +494,9 @@ def footprint(
         Byte counts: ``weights``, ``thresholds`` (thresholds + directions), ``format_overhead``
         (header, layer table, CRCs), ``bitstream``, ``code`` (text + data of the object),
         ``flash`` (bitstream + code), ``scratch``, ``logits``, ``model_struct``, ``ram`` (the
-        three summed), ``input`` (pixels of one sample); and ``compiler`` and ``cflags``.
+        three summed), ``stack`` (sum of the stack frames of every runtime function: a bound,
+        as nothing recurses; -1 where the compiler lacks ``-fstack-usage``), ``input`` (pixels
+        of one sample); and ``compiler`` and ``cflags``.
 
     Example:
         >>> footprint(model)["flash"]  # doctest: +SKIP
@@ -506,7 +525,68 @@ def footprint(
         "logits": logits,
         "model_struct": sizes["model_struct"],
         "ram": scratch + logits + sizes["model_struct"] + sizes["bss"],
+        "stack": sizes["stack"],
         "input": shapes[0][1],
         "compiler": Path(cc).name,
         "cflags": " ".join(cflags),
     }
+
+
+#: The reference fully connected networks of METHOD §1: (input shape, hidden widths, levels).
+REFERENCE_FCNNS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
+    "digits FCNN 64-256-256-10": ((1, 8, 8), (256, 256), 16),
+    "FashionMNIST FCNN 784-2048-2048-10": ((1, 28, 28), (2048, 2048), 255),
+}
+
+#: Flags approximating a 32-bit microcontroller build with the host compiler.
+ILP32_CFLAGS = ("-std=c99", "-Os", "-m32", "-ffreestanding")
+
+
+def reference_footprints(
+    cflags: Sequence[str] = ILP32_CFLAGS, cache_dir: str | os.PathLike | None = None
+) -> dict[str, dict[str, int | str]]:
+    """:func:`footprint` of each network of :data:`REFERENCE_FCNNS` (sizes depend on shapes only).
+
+    Args:
+        cflags: flags of the code-size build (default :data:`ILP32_CFLAGS`).
+        cache_dir: scratch folder for object files.
+
+    Returns:
+        ``{network name: footprint dict}``.
+
+    """
+    from lightning_bet.deploy.fold import to_deploy
+    from lightning_bet.models import build_model
+
+    return {
+        name: footprint(
+            to_deploy(build_model("fcnn", shape, 10, hidden), levels),
+            cflags=cflags,
+            cache_dir=cache_dir,
+        )
+        for name, (shape, hidden, levels) in REFERENCE_FCNNS.items()
+    }
+
+
+def footprint_markdown(reports: dict[str, dict[str, int | str]]) -> str:
+    """A Markdown table (bytes) of :func:`footprint` results, one row per network."""
+    columns = [
+        ("weights", "weights"),
+        ("thresholds", "thresholds + directions"),
+        ("format_overhead", "header/table/CRCs"),
+        ("code", "code"),
+        ("flash", "**flash**"),
+        ("scratch", "scratch"),
+        ("logits", "logits"),
+        ("model_struct", "bet_model"),
+        ("ram", "**RAM**"),
+        ("stack", "stack bound"),
+        ("input", "input pixels"),
+    ]
+    lines = [
+        "| network | " + " | ".join(title for _, title in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for name, report in reports.items():
+        lines.append(f"| {name} | " + " | ".join(f"{report[key]:,}" for key, _ in columns) + " |")
+    return "\n".join(lines)
