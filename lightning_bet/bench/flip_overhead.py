@@ -1,0 +1,138 @@
+"""Benchmark: training-step overhead of ``BitFlipTraining`` on the FCNN 784-2048-2048-10.
+
+One training step is what Lightning runs per batch: zero the gradients, the callback's
+``on_train_batch_start`` work (draw the fault map, flip the signs), forward, loss, backward, the
+callback's ``on_after_backward`` work (restore; the Hirtzlin hooks run inside backward), Adam step
+and the in-place clip of the latent weights (``BNNClassifier.optimizer_step``). The callback's
+methods are driven directly (no ``Trainer``, no logging), so the flipped work is exactly the
+callback's. Every configuration gets its own model and optimizer; configurations are measured
+side by side in one process with interleaved repetitions (the order rotates every repetition),
+and the ratio of the median step times is reported.
+
+Run: ``lightning-bet bench flip_overhead`` or
+``python -c "from lightning_bet.bench.flip_overhead import run; run()"``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from lightning_bet.bench import update_results
+from lightning_bet.callbacks.bitflip import BitFlipTraining
+from lightning_bet.layers import clip_latent_weights_
+from lightning_bet.module import BNNClassifier
+
+__all__ = ["make_step", "run"]
+
+
+def make_step(
+    hidden: int, p: float | None, variant: str = "straight_through", batch_size: int = 256
+) -> Callable[[], None]:
+    """One training step of the FCNN ``784-hidden-hidden-10`` (with flips unless ``p is None``)."""
+    torch.manual_seed(0)
+    module = BNNClassifier(arch="fcnn", input_shape=(1, 28, 28), hidden=(hidden, hidden))
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(batch_size, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (batch_size,), generator=generator)
+    callback = None
+    if p is not None:
+        callback = BitFlipTraining(p=p, variant=variant, seed=0, log_rate=False)
+        callback.setup(SimpleNamespace(strategy=None), module, "fit")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if callback is not None:
+            callback.flip(epoch=0, rank=0)  # on_train_batch_start
+        loss = module.criterion(module(x), y)
+        loss.backward()
+        if callback is not None:
+            callback.restore()  # on_after_backward
+        optimizer.step()
+        clip_latent_weights_(module.net)
+
+    return step
+
+
+def _interleaved_medians(
+    steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeats):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def run(
+    out_dir: str | os.PathLike = "runs/bench",
+    repeats: int = 30,
+    widths: Sequence[int] = (2048, 1024, 512),
+    rates: Sequence[float] = (0.01, 0.1),
+    variants: Sequence[str] = ("straight_through", "hirtzlin"),
+) -> dict[str, Any]:
+    """Measure median step-time ratios (with flips / without) and merge them into results.json.
+
+    Args:
+        out_dir: where ``results.json`` lives.
+        repeats: interleaved repetitions per configuration (medians are reported).
+        widths: hidden widths of the FCNN; the first is the headline (2048).
+        rates: training error rates ``p``.
+        variants: flip-training variants; the first gives the headline ratios.
+
+    Returns:
+        ``{"ratio_p0.01": ..., "ratio_p0.1": ..., "by_width": {width: {...}}, ...}``: headline
+        ratios at ``widths[0]`` and ``variants[0]``; per width the baseline median step time in
+        ms and the ratio of every variant and rate.
+
+    """
+    from tqdm.auto import tqdm
+
+    by_width: dict[str, dict[str, float]] = {}
+    rows = []
+    for width in tqdm(widths, desc="flip_overhead widths"):
+        steps = {"baseline": make_step(width, None)}
+        for variant in variants:
+            for p in rates:
+                steps[f"{variant}_p{p:g}"] = make_step(width, p, variant)
+        medians = _interleaved_medians(steps, repeats)
+        base = medians["baseline"]
+        entry = {"baseline_ms": round(base * 1e3, 3)}
+        for name, value in medians.items():
+            if name != "baseline":
+                entry[f"ratio_{name}"] = round(value / base, 4)
+                rows.append((width, name, base * 1e3, value * 1e3, value / base))
+        by_width[str(width)] = entry
+    head = by_width[str(widths[0])]
+    result: dict[str, Any] = {
+        f"ratio_p{p:g}": head[f"ratio_{variants[0]}_p{p:g}"] for p in rates
+    }
+    result.update(
+        {
+            "variant": variants[0],
+            "width": widths[0],
+            "batch_size": 256,
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+            "by_width": by_width,
+        }
+    )
+    print(f"{'width':>6} {'configuration':<24} {'base ms':>9} {'flip ms':>9} {'ratio':>7}")
+    for width, name, base_ms, flip_ms, ratio in rows:
+        print(f"{width:>6} {name:<24} {base_ms:>9.2f} {flip_ms:>9.2f} {ratio:>7.3f}")
+    update_results(out_dir, {"flip_overhead": result})
+    return result
