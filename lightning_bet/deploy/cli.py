@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import json
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ __all__ = [
     "export_main",
     "export_model",
     "load_checkpoint",
-    "test_pixels",
+    "integer_test_split",
 ]
 
 
@@ -45,6 +46,22 @@ def _optional(module: str, name: str) -> Any | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return None
+
+
+def _make_cli_quietly(config: str | os.PathLike) -> Any:
+    """Instantiate a recipe with ``make_cli(..., run=False)``.
+
+    ``sys.argv`` holds this subcommand's own arguments; it is hidden while LightningCLI runs so
+    that LightningCLI does not warn about them.
+    """
+    from lightning_bet.cli import make_cli
+
+    argv = sys.argv
+    sys.argv = argv[:1]
+    try:
+        return make_cli(args=["--config", str(config)], run=False)
+    finally:
+        sys.argv = argv
 
 
 def load_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike) -> tuple[Any, Any]:
@@ -63,12 +80,10 @@ def load_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike) -> tuple
         ValueError: when the checkpoint does not match the recipe's model.
 
     """
-    from lightning_bet.cli import make_cli
-
     for name, path in (("ckpt", ckpt), ("config", config)):
         if not Path(path).is_file():
             raise FileNotFoundError(f"Expected `{name}` to be an existing file, but got {path!r}")
-    cli = make_cli(args=["--config", str(config)], run=False)
+    cli = _make_cli_quietly(config)
     module, datamodule = cli.model, cli.datamodule
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     if not isinstance(checkpoint, dict):
@@ -86,7 +101,7 @@ def load_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike) -> tuple
     return module.cpu().eval(), datamodule
 
 
-def test_pixels(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def integer_test_split(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """``(x, q, y, input_levels)`` of a datamodule's test split, ``q`` the integer pixels.
 
     Raises:
@@ -142,7 +157,7 @@ def export_model(
 
     """
     module, datamodule = load_checkpoint(ckpt, config)
-    x, q, y, levels = test_pixels(datamodule)
+    x, q, y, levels = integer_test_split(datamodule)
     net = module.net
     model = to_deploy(net, levels)
     out = Path(out_dir)
@@ -249,10 +264,8 @@ def _emulation_data(data: str) -> tuple[np.ndarray, np.ndarray, int]:
         raise ValueError(
             f"Expected `data` to be 'digits' or a recipe/datamodule config file, but got {data!r}"
         )
-    from lightning_bet.cli import make_cli
-
-    datamodule = make_cli(args=["--config", data], run=False).datamodule
-    _, q, y, levels = test_pixels(datamodule)
+    datamodule = _make_cli_quietly(data).datamodule
+    _, q, y, levels = integer_test_split(datamodule)
     return q.numpy(), y.numpy(), levels
 
 
@@ -349,7 +362,7 @@ def export_demo(
     """
     manifest = export_model(ckpt_path, config_path, out_dir)
     _, datamodule = load_checkpoint(ckpt_path, config_path)
-    _, q, y, _ = test_pixels(datamodule)
+    _, q, y, _ = integer_test_split(datamodule)
     data = (Path(out_dir) / "model.bet").read_bytes()
     result = emulate(data, q.numpy(), y.numpy(), FaultModel(p=p), realizations, seed)
     agreement = manifest["agreement"]
