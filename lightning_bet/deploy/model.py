@@ -11,6 +11,12 @@ Semantics, for an input image of integer pixels ``q`` (the float input is ``q / 
   else ``-1``, with integer threshold ``T_j`` and direction ``d_j`` in ``{-1, +1}``.
 - Output layer: integer logits ``a = W @ v``; prediction ``argmax(a)`` (first index on ties);
   float logits are ``scale * a``.
+
+Both dataclasses validate their fields in ``__post_init__`` (``ValueError``/``TypeError`` naming
+the field) and normalize dtypes (int8 weights and directions, int64 thresholds). A model is
+hidden layers then exactly one output layer; only layer 0 takes integer pixels
+(``binary_input=False``), every later layer has ``binary_input=True``. The fold from BatchNorm is
+``lightning_bet.deploy.fold.to_deploy``; the torch evaluation is ``deploy_forward``.
 """
 
 from __future__ import annotations
