@@ -28,6 +28,11 @@ class BetLogging(Callback):
         quantiles: low quantiles of the normalized margin to log.
         prefix: logging key of the scalar; per-layer keys are ``f"{prefix}/{name}"``.
         per_layer: also log the per-layer values.
+        samples_per_batch: use only the first this many samples of each validation batch
+            (``None``: all). Margin statistics need far fewer samples than accuracy does; the
+            default bounds the metric's cost to a few percent of the validation epoch (see
+            ``lightning_bet/bench/metric_cost.py``) while still seeing ``64 *`` the number of
+            validation batches samples per epoch.
 
     Example:
         >>> trainer = L.Trainer(callbacks=[BetLogging()])  # doctest: +SKIP
@@ -40,6 +45,7 @@ class BetLogging(Callback):
         quantiles: Sequence[float] = (0.01, 0.05, 0.1),
         prefix: str = "val/bet",
         per_layer: bool = True,
+        samples_per_batch: int | None = 64,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"Expected `prefix` to be a non-empty string, but got {prefix!r}")
@@ -47,6 +53,16 @@ class BetLogging(Callback):
         self.quantiles = tuple(quantiles)
         self.prefix = prefix
         self.per_layer = bool(per_layer)
+        if samples_per_batch is not None and (
+            isinstance(samples_per_batch, bool)
+            or not isinstance(samples_per_batch, int)
+            or samples_per_batch < 1
+        ):
+            raise ValueError(
+                "Expected `samples_per_batch` to be a positive int or None, but got "
+                f"{samples_per_batch!r}"
+            )
+        self.samples_per_batch = samples_per_batch
         self.metric: BitErrorTolerance | None = None
         self._stack: ExitStack | None = None
         self._records: dict[str, Any] | None = None
@@ -96,7 +112,16 @@ class BetLogging(Callback):
         if self._records is None or self._records["logits"] is None:
             return
         y = batch[1]
-        self.metric.update(self._records, y)
+        records = self._records
+        k = self.samples_per_batch
+        if k is not None and y.shape[0] > k:
+            records = {
+                "inputs": {i: v[:k] for i, v in records["inputs"].items()},
+                "preacts": {i: v[:k] for i, v in records["preacts"].items()},
+                "logits": records["logits"][:k],
+            }
+            y = y[:k]
+        self.metric.update(records, y)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self._close()

@@ -1,0 +1,105 @@
+"""Cost of the ``BitErrorTolerance`` metric during validation (target: at most 10% extra).
+
+Setup: FCNN 784-2048-2048-10 (the FashionMNIST reference network, real-valued first layer) with
+trained-like BatchNorm statistics, on 2,560 random "binary-ish" images (each pixel 0 or 1 with a
+few grey levels in between, quantized to 1/16), batch 256, i.e. 10 validation steps per epoch.
+Two trainers, one with :class:`~lightning_bet.callbacks.bet_logging.BetLogging` and one without,
+run ``trainer.validate`` alternately (interleaved repetitions in one process); the reported ratio
+is the median time with the metric over the median time without.
+
+Run: ``python -m lightning_bet.bench.metric_cost`` or ``lightning-bet bench metric_cost``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from lightning_bet.bench import update_results
+
+__all__ = ["run"]
+
+
+def _data(samples: int, seed: int) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    ink = (torch.rand(samples, 1, 28, 28, generator=g) < 0.2).float()
+    grey = torch.randint(0, 17, (samples, 1, 28, 28), generator=g).float() / 16
+    edge = torch.rand(samples, 1, 28, 28, generator=g) < 0.05
+    x = torch.where(edge, grey, ink)
+    y = torch.randint(0, 10, (samples,), generator=g)
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def run(
+    out_dir: str | os.PathLike = "runs/bench",
+    repeats: int = 7,
+    samples: int = 2560,
+    batch_size: int = 256,
+    hidden: tuple[int, ...] = (2048, 2048),
+) -> dict[str, Any]:
+    """Measure validation time with and without the metric; write ``{"metric_cost": ...}``.
+
+    Args:
+        out_dir: where ``results.json`` is updated.
+        repeats: interleaved repetitions of each configuration (medians are reported).
+        samples: validation samples.
+        batch_size: validation batch size.
+        hidden: hidden widths of the FCNN.
+
+    Returns:
+        ``{"ratio": ..., "seconds_with": ..., "seconds_without": ..., ...}``.
+
+    """
+    import lightning as L
+
+    from lightning_bet.callbacks.bet_logging import BetLogging
+    from lightning_bet.module import BNNClassifier
+
+    torch.manual_seed(0)
+    module = BNNClassifier(input_shape=(1, 28, 28), hidden=hidden)
+    with torch.no_grad():  # trained-like BatchNorm statistics so margins are realistic
+        for block in module.net.blocks:
+            n = block.layer.in_features
+            block.bn.running_mean.normal_(0, n**0.5 / 4)
+            block.bn.running_var.uniform_(n / 4, n)
+    loader = torch.utils.data.DataLoader(_data(samples, 0), batch_size=batch_size)
+
+    def trainer(callbacks: list) -> L.Trainer:
+        return L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            callbacks=callbacks,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+
+    with_metric, without = trainer([BetLogging()]), trainer([])
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    for i in range(repeats + 1):  # the first round warms up and is dropped
+        order = [("with", with_metric), ("without", without)]
+        for name, tr in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            tr.validate(module, loader, verbose=False)
+            if i > 0:
+                times[name].append(time.perf_counter() - start)
+    t_with, t_without = statistics.median(times["with"]), statistics.median(times["without"])
+    result = {
+        "ratio": t_with / t_without,
+        "seconds_with": t_with,
+        "seconds_without": t_without,
+        "repeats": repeats,
+        "setup": f"FCNN 784-{'-'.join(map(str, hidden))}-10, {samples} samples, batch {batch_size}",
+        "torch_threads": torch.get_num_threads(),
+    }
+    update_results(out_dir, {"metric_cost": result})
+    return result
+
+
+if __name__ == "__main__":
+    print(run())
