@@ -470,7 +470,8 @@ def test_ddp_replicas_stay_identical(tmp_path):
         (
             {"parameters_to_flip": [(nn.Linear(2, 2), "weight")]},
             ValueError,
-            r"'weight' of binary layers \(BinaryLinear, BinaryConv2d\), but got \(Linear, 'weight'\)",
+            r"'weight' of binary layers \(BinaryLinear, BinaryConv2d\), "
+            r"but got \(Linear, 'weight'\)",
         ),
         (
             {"parameters_to_flip": [(BinaryLinear(2, 2), "bias")]},
