@@ -134,6 +134,22 @@ def test_roundtrip_exact(sizes):
     assert len(data) % 4 == 0
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 70), min_size=2, max_size=4),
+    levels=st.sampled_from([1, 16, 255, 1000]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_roundtrip_and_interpreter_property(sizes, levels, seed):
+    rng = np.random.default_rng(seed)
+    model = random_model(rng, sizes, levels)
+    data = write_bitstream(model)
+    assert_models_equal(read_bitstream(data), model)
+    q = rng.integers(0, levels + 1, (5, sizes[0]))
+    expected = deploy_forward(model, torch.from_numpy(q)).numpy()
+    assert np.array_equal(run_bitstream(data, q), expected)
+
+
 def test_roundtrip_of_folded_network_keeps_float32_scale():
     net = build_model("fcnn", (1, 8, 8), 10, (24,))
     randomize_batchnorm_(net, torch.Generator().manual_seed(3))
@@ -208,6 +224,9 @@ def test_reader_errors_are_specific():
     padded = bytearray(data)
     padded[116 + 3] |= 0x80  # bit 31 of row 0 of layer 0: a padding bit (13 inputs)
     cases.append((refresh_checksums(padded), "layer 0 has non-zero padding bits"))
+    padded = bytearray(data)
+    padded[116 + 148 + 148 + 4 + 3] |= 0x80  # bit 31 of direction word 1: 37 neurons, 27 pad
+    cases.append((refresh_checksums(padded), "Invalid directions: layer 0 has non-zero padding"))
     for corrupted, message in cases:
         with pytest.raises(BitstreamError, match=message):
             read_bitstream(corrupted)
