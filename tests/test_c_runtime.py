@@ -34,7 +34,9 @@ from lightning_bet.deploy.c_runner import (
     evaluate_bitstreams_c,
     footprint,
     footprint_markdown,
+    mcu_toolchain,
     run_c,
+    run_mcu_emulated,
     runtime_dir,
 )
 from lightning_bet.deploy.fold import deploy_forward, to_deploy
@@ -126,7 +128,9 @@ def _train_digits() -> BNNClassifier:
     return module
 
 
-def test_trained_digits_model_agrees_on_every_test_sample():
+@pytest.fixture(scope="module")
+def digits_case():
+    """A digits FCNN 64-256-256-10 trained for 3 epochs, in deploy mode, and the test split."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a busy 2-core machine, 2 threads spin: 0.4 s instead of 12 s
     try:
@@ -135,11 +139,15 @@ def test_trained_digits_model_agrees_on_every_test_sample():
         torch.set_num_threads(threads)
     x, y = load_digits_splits()["test"]
     q = torch.round(x * DigitsDataModule.input_levels).to(torch.int64).numpy()
-    model = to_deploy(module.net, DigitsDataModule.input_levels)
+    return to_deploy(module.net, DigitsDataModule.input_levels), q, y.numpy()
+
+
+def test_trained_digits_model_agrees_on_every_test_sample(digits_case):
+    model, q, y = digits_case
     preds, _ = assert_agrees(model, q)
-    assert len(q) == 360 and (preds == y.numpy()).mean() > 0.8  # a trained model, not noise
-    accuracy = evaluate_bitstreams_c([write_bitstream(model)], q, y.numpy())
-    assert accuracy[0] == pytest.approx((preds == y.numpy()).mean())
+    assert len(q) == 360 and (preds == y).mean() > 0.8  # a trained model, not noise
+    accuracy = evaluate_bitstreams_c([write_bitstream(model)], q, y)
+    assert accuracy[0] == pytest.approx((preds == y).mean())
 
 
 def test_fashion_format_random_model_agrees():
@@ -219,6 +227,37 @@ def test_swar_popcount_build_agrees(small_case, tmp_path):
     )
     logits = np.fromfile(tmp_path / "l.i32", "<i4").reshape(len(q), -1)
     np.testing.assert_array_equal(logits, reference_logits(model, q))
+
+
+needs_mcu = pytest.mark.skipif(
+    mcu_toolchain() is None, reason="needs arm-none-eabi-gcc and qemu-system-arm"
+)
+
+
+@needs_mcu
+def test_emulated_cortex_m_agrees_on_every_digits_test_sample(digits_case):
+    model, q, _ = digits_case
+    expected = reference_logits(model, q)
+    blob = write_bitstream(model)
+    for cpu, cflags in (("cortex-m4", ("-Os", "-DBET_SWAR_POPCOUNT")), ("cortex-m3", ("-O2",))):
+        preds, logits = run_mcu_emulated(blob, q, cpu=cpu, cflags=cflags)
+        np.testing.assert_array_equal(logits, expected)
+        np.testing.assert_array_equal(preds, first_argmax(expected))
+
+
+@needs_mcu
+def test_emulated_cortex_m4_runs_the_fashion_format_fcnn():
+    rng = np.random.default_rng(8)
+    q = rng.integers(0, 256, size=(6, 784), dtype=np.int64)
+    model = random_model((784, 2048, 2048, 10), 255, rng, q)
+    preds, logits = run_mcu_emulated(write_bitstream(model), q)
+    expected = reference_logits(model, q)
+    np.testing.assert_array_equal(logits, expected)
+    np.testing.assert_array_equal(preds, first_argmax(expected))
+    with pytest.raises(BitstreamError, match="CRC mismatch"):  # validated before building
+        run_mcu_emulated(_flip(write_bitstream(model), 1000), q[:1])
+    with pytest.raises(ValueError, match="Expected `cpu` to be one of"):
+        run_mcu_emulated(write_bitstream(model), q, cpu="cortex-a53")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,8 +471,35 @@ def test_corrupted_bitstreams_are_rejected_with_the_right_code(small_case):
         evaluate_bitstreams_c([blob, b"XBET" + blob[4:]], q, np.zeros(len(q), np.int64))
 
 
+def _fix_crcs(data: bytearray) -> bytes:
+    """Recompute every CRC that the (possibly damaged) layout still locates."""
+    if len(data) >= 48:
+        struct.pack_into("<I", data, 44, zlib.crc32(bytes(data[:44])))
+        num_layers = struct.unpack_from("<I", data, 12)[0]
+        end = 48 + 32 * num_layers
+        if num_layers <= 64 and end + 4 <= len(data):
+            struct.pack_into("<I", data, end, zlib.crc32(bytes(data[48:end])))
+            for i in range(num_layers):
+                offset, size = struct.unpack_from("<II", data, 48 + 32 * i + 20)
+                if size >= 4 and offset + size <= len(data):
+                    crc = zlib.crc32(bytes(data[offset : offset + size - 4]))
+                    struct.pack_into("<I", data, offset + size - 4, crc)
+    if len(data) >= 4:
+        struct.pack_into("<I", data, len(data) - 4, zlib.crc32(bytes(data[:-4])))
+    return bytes(data)
+
+
+def _python_accepts(data: bytes) -> bool:
+    try:
+        parse_bitstream(data)
+    except BitstreamError:
+        return False
+    return True
+
+
 def test_fuzzed_bitstreams_never_read_out_of_bounds(small_case, tmp_path):
-    """Random byte damage, checked or not, under AddressSanitizer + UBSan in one process."""
+    """Random damage, checked or not, under AddressSanitizer + UBSan in one process; with the
+    CRCs recomputed after the damage, C and the Python reader accept exactly the same files."""
     model, q = small_case
     blob = write_bitstream(model)
     try:
@@ -449,22 +515,24 @@ def test_fuzzed_bitstreams_never_read_out_of_bounds(small_case, tmp_path):
     except RuntimeError:
         pytest.skip("the compiler has no AddressSanitizer")
     rng = np.random.default_rng(11)
-    names = []
-    for i in range(120):
+    files = []
+    for i in range(240):
         data = bytearray(blob)
         if i % 3 == 0:  # truncate
             data = data[: rng.integers(0, len(data))]
-        for _ in range(rng.integers(1, 4)):  # and damage a few bytes, often in the table
-            if len(data):
-                where = rng.integers(0, min(len(data), 200 if i % 2 else len(data)))
-                data[where] = rng.integers(0, 256)
+        if len(data):  # damage a few distinct bytes, often in the header and layer table
+            span = min(len(data), 120 if i % 2 else len(data))
+            for where in rng.choice(span, size=min(span, rng.integers(1, 4)), replace=False):
+                data[where] ^= rng.integers(1, 256)
+        files.append(_fix_crcs(data) if i % 4 == 1 else bytes(data))
+    files += [data for data, _ in _corruptions(blob).values()]
+    names = []
+    for i, data in enumerate(files):
         names.append(f"f{i}.bet")
-        (tmp_path / names[-1]).write_bytes(bytes(data))
-    for data in _corruptions(blob).values():
-        names.append(f"c{len(names)}.bet")
-        (tmp_path / names[-1]).write_bytes(data[0])
+        (tmp_path / names[-1]).write_bytes(data)
     q.astype(np.uint8).tofile(tmp_path / "q.u8")
     np.zeros(len(q), np.uint8).tofile(tmp_path / "y.u8")
+    accepted = {}
     for flag in ([], ["--no-crc"]):
         result = subprocess.run(
             [asan, "accuracy", *flag, "q.u8", "y.u8", *names],
@@ -477,8 +545,12 @@ def test_fuzzed_bitstreams_never_read_out_of_bounds(small_case, tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         statuses = [int(line.split()[0]) for line in result.stdout.splitlines()]
         assert len(statuses) == len(names)
-        if not flag:
-            assert all(s != BetStatus.OK for s in statuses)
+        accepted[bool(flag)] = [s == BetStatus.OK for s in statuses]
+    python = [_python_accepts(data) for data in files]
+    assert accepted[False] == python
+    assert any(python) and not all(python)  # the fixed-up files include valid ones
+    # skipping CRCs accepts a superset
+    assert all(b for a, b in zip(accepted[False], accepted[True], strict=True) if a)
 
 
 def test_no_crc_runs_a_bitstream_with_stale_checksums(small_case):

@@ -30,6 +30,7 @@ from lightning_bet.deploy.model import DeployModel
 __all__ = [
     "HOST_CFLAGS",
     "ILP32_CFLAGS",
+    "MCU_MACHINES",
     "REFERENCE_FCNNS",
     "RUNTIME_SOURCES",
     "BetRuntimeError",
@@ -40,8 +41,10 @@ __all__ = [
     "evaluate_bitstreams_c",
     "footprint",
     "footprint_markdown",
+    "mcu_toolchain",
     "reference_footprints",
     "run_c",
+    "run_mcu_emulated",
     "runtime_dir",
 ]
 
@@ -481,7 +484,8 @@ def footprint(
     CRCs) plus the runtime's code, measured with ``size`` on ``bet_runtime.o`` compiled with
     ``cflags``. RAM is the scratch buffers, the logits and the parsed ``bet_model`` struct
     (``sizeof`` read from an object file built with the same flags); the stack and the input
-    pixels are reported apart. The host compiler gives host numbers (``-m32`` approximates a
+    pixels are reported apart. The tools are ``$CC`` (see :func:`compiler`), ``$SIZE`` and ``$NM``
+    (default ``size``, ``nm``). The host compiler gives host numbers (``-m32`` approximates a
     32-bit core); ``CC=arm-none-eabi-gcc`` with ``cflags=("-std=c99", "-mcpu=cortex-m4",
     "-mthumb", "-Os")`` gives a Cortex-M4's.
 
@@ -590,3 +594,126 @@ def footprint_markdown(reports: dict[str, dict[str, int | str]]) -> str:
     for name, report in reports.items():
         lines.append(f"| {name} | " + " | ".join(f"{report[key]:,}" for key, _ in columns) + " |")
     return "\n".join(lines)
+
+
+#: QEMU machines with 4 MiB of code memory at 0 and 4 MiB of RAM at 0x20000000 (``mcu/mps2.ld``).
+MCU_MACHINES: dict[str, str] = {
+    "cortex-m3": "mps2-an385",
+    "cortex-m4": "mps2-an386",
+    "cortex-m7": "mps2-an500",
+}
+
+
+def mcu_toolchain() -> tuple[str, str] | None:
+    """``(arm-none-eabi-gcc, qemu-system-arm)`` paths, or ``None`` if either is missing."""
+    cc = shutil.which(os.environ.get("ARM_CC", "arm-none-eabi-gcc"))
+    qemu = shutil.which(os.environ.get("QEMU_ARM", "qemu-system-arm"))
+    return (cc, qemu) if cc and qemu else None
+
+
+def run_mcu_emulated(
+    bitstream: bytes,
+    q: np.ndarray,
+    *,
+    cpu: str = "cortex-m4",
+    cflags: Sequence[str] = ("-Os", "-DBET_SWAR_POPCOUNT"),
+    timeout: float = 120.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Classify samples on an emulated Cortex-M: cross-compiled firmware run in QEMU.
+
+    The firmware is ``export/runtime/mcu`` (bare-metal startup, no libc, semihosting output)
+    plus the package of :func:`~lightning_bet.deploy.c_header.write_c_package` and the samples
+    as a constant array; it runs on the QEMU MPS2 board of ``cpu``.
+
+    Args:
+        bitstream: a format-v1 bitstream (at most a few MiB: it is linked into code memory).
+        q: ``(N, in_features)`` or ``(N, *input_shape)`` integer pixels in ``[0, 255]``.
+        cpu: a key of :data:`MCU_MACHINES`.
+        cflags: extra flags for ``arm-none-eabi-gcc`` (after ``-mcpu=<cpu> -mthumb``).
+        timeout: seconds QEMU may run.
+
+    Returns:
+        ``(preds, logits)`` as :func:`run_c`.
+
+    Raises:
+        RuntimeError: without ``arm-none-eabi-gcc`` and ``qemu-system-arm`` (see
+            :func:`mcu_toolchain`), or if building or running the firmware fails.
+        BitstreamError: for an invalid bitstream (the header generator validates it).
+        BetRuntimeError: the runtime on the device rejected the bitstream.
+
+    """
+    from lightning_bet.deploy.c_header import c_array, write_c_package
+
+    if cpu not in MCU_MACHINES:
+        raise ValueError(f"Expected `cpu` to be one of {list(MCU_MACHINES)}, but got {cpu!r}")
+    tools = mcu_toolchain()
+    if tools is None:
+        raise RuntimeError(
+            "Expected arm-none-eabi-gcc and qemu-system-arm on the PATH (Debian packages "
+            "gcc-arm-none-eabi and qemu-system-arm), but at least one is missing"
+        )
+    cc, qemu = tools
+    bitstream = _as_bytes("bitstream", bitstream)
+    pixels = _as_pixels(q, _declared_inputs(bitstream))
+    mcu = runtime_dir() / "mcu"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_c_package(bitstream, folder, name="model")
+        count = len(pixels)
+        body = c_array(pixels.tobytes()) if count else "    0"
+        (folder / "samples.h").write_text(
+            f"#define SAMPLES_COUNT {count}u\n"
+            f"static const uint8_t samples[{max(pixels.size, 1)}] = {{\n{body}\n}};\n"
+        )
+        elf = folder / "demo.elf"
+        _compile(
+            [
+                cc,
+                "-std=c99",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                f"-mcpu={cpu}",
+                "-mthumb",
+                *cflags,
+                "-ffreestanding",
+                "-nostdlib",
+                "-T",
+                str(mcu / "mps2.ld"),
+                "-I",
+                str(folder),
+                "-I",
+                str(mcu),
+                str(mcu / "startup.c"),
+                str(mcu / "demo_main.c"),
+                str(folder / "bet_runtime.c"),
+                "-lgcc",
+                "-o",
+                str(elf),
+            ],
+            "the Cortex-M firmware",
+        )
+        output = folder / "semihosting.txt"
+        args = [qemu, "-M", MCU_MACHINES[cpu], "-nographic", "-monitor", "none", "-serial", "none"]
+        args += ["-chardev", f"file,id=semihosting,path={output}"]
+        args += ["-semihosting-config", "enable=on,target=native,chardev=semihosting"]
+        args += ["-kernel", str(elf)]
+        try:
+            result = subprocess.run(
+                args, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(f"The emulated {cpu} did not finish in {timeout} s") from error
+        text = output.read_text() if output.is_file() else ""
+    lines = text.splitlines()
+    match = re.match(r"status (\d+)$", lines[0]) if lines else None
+    if match is None:
+        raise RuntimeError(f"The emulated {cpu} failed: {text[-500:]!r} {result.stderr[-500:]!r}")
+    status = BetStatus(int(match.group(1)))
+    if status != BetStatus.OK:
+        raise BetRuntimeError(f"The C runtime rejected the bitstream: {status.name}", status)
+    if result.returncode != 0 or len(lines) != count + 1:
+        raise RuntimeError(f"The emulated {cpu} failed: {text[-500:]!r} {result.stderr[-500:]!r}")
+    classes = _declared_classes(bitstream)
+    rows = np.array([line.split() for line in lines[1:]], dtype=np.int64).reshape(count, -1)
+    return rows[:, 0].copy(), rows[:, 1:].reshape(count, classes)
