@@ -715,5 +715,7 @@ def run_mcu_emulated(
     if result.returncode != 0 or len(lines) != count + 1:
         raise RuntimeError(f"The emulated {cpu} failed: {text[-500:]!r} {result.stderr[-500:]!r}")
     classes = _declared_classes(bitstream)
-    rows = np.array([line.split() for line in lines[1:]], dtype=np.int64).reshape(count, -1)
-    return rows[:, 0].copy(), rows[:, 1:].reshape(count, classes)
+    rows = np.array([line.split() for line in lines[1:]], dtype=np.int64).reshape(
+        count, 1 + classes
+    )
+    return rows[:, 0].copy(), rows[:, 1:].copy()

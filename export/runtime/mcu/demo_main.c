@@ -47,7 +47,7 @@ int main(void)
     if (st != BET_OK) {
         return 1;
     }
-    for (i = 0; i < SAMPLES_COUNT; ++i) {
+    for (i = 0; i != SAMPLES_COUNT; ++i) { /* != : SAMPLES_COUNT may be 0 */
         int32_t label = bet_predict(&net, samples + i * MODEL_NUM_INPUTS, logits, scratch);
         p = put_int(line, label);
         for (j = 0; j < MODEL_NUM_CLASSES; ++j) {
