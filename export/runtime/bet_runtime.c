@@ -47,7 +47,11 @@ static float bet_f32(uint32_t bits)
    the builtin is a libgcc call; the SWAR version is a few inline instructions). */
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(BET_SWAR_POPCOUNT)
+#if defined(__SIZEOF_INT__) && __SIZEOF_INT__ < 4 /* 16-bit int (AVR, MSP430) */
+#define BET_POPCOUNT32(x) ((uint32_t)__builtin_popcountl((unsigned long)(x)))
+#else
 #define BET_POPCOUNT32(x) ((uint32_t)__builtin_popcount((unsigned int)(x)))
+#endif
 #else
 static uint32_t bet_popcount32_swar(uint32_t x)
 {
@@ -122,7 +126,7 @@ static uint32_t bet_crc_at(const uint8_t *blob, uint32_t offset, uint32_t size)
     return bet_crc32(0u, blob + offset, size);
 }
 
-/* 0 when the bits at positions >= n (n > 0) of the last of BET_WORDS(n) words at p are 0. */
+/* 1 when the bits at positions >= n (n > 0) of the last of BET_WORDS(n) words at p are 0. */
 static int bet_padding_clear(const uint8_t *p, uint32_t n)
 {
     uint32_t used = n % 32u;
@@ -132,7 +136,7 @@ static int bet_padding_clear(const uint8_t *p, uint32_t n)
     return (bet_le32(p + 4u * (BET_WORDS(n) - 1u)) >> used) == 0u;
 }
 
-/* Parse the layer table into m; returns the offset one past the last section or 0 on error. */
+/* Parse and check the layer table into m (sections must tile [table end, file_size - 4)). */
 static bet_status bet_parse_table(bet_model *m, const uint8_t *blob, uint32_t file_size)
 {
     uint32_t l;
@@ -155,8 +159,9 @@ static bet_status bet_parse_table(bet_model *m, const uint8_t *blob, uint32_t fi
             return BET_ERR_FLAGS;
         }
         if (kind != (is_output ? BET_KIND_OUTPUT : BET_KIND_HIDDEN) ||
-            (lflags & BET_LAYER_BINARY_INPUT) != (l > 0u ? 1u : 0u) || out == 0u || in == 0u || in > 0x7FFFFFFFu ||
-            (l > 0u && in != prev_out) || words != BET_WORDS(in) || section_offset != offset) {
+            (lflags & BET_LAYER_BINARY_INPUT) != (l > 0u ? 1u : 0u) || out == 0u || in == 0u ||
+            in > 0x7FFFFFFFu || (l > 0u && in != prev_out) || words != BET_WORDS(in) ||
+            section_offset != offset) {
             return BET_ERR_LAYOUT;
         }
         /* section size without overflow: every part must fit in the remaining bytes */

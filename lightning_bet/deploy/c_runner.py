@@ -227,9 +227,7 @@ def _as_pixels(q: object, features: int | None) -> np.ndarray:
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):
         raise TypeError(f"Expected `q` to hold integer pixels, but got dtype {array.dtype}")
-    if flat.size and (
-        (flat != np.round(flat)).any() if np.issubdtype(flat.dtype, np.floating) else False
-    ):
+    if np.issubdtype(flat.dtype, np.floating) and (flat != np.round(flat)).any():
         raise ValueError("Expected `q` to hold integer pixels, but got non-integer values")
     if flat.size and (flat.min() < 0 or flat.max() > 255):
         raise ValueError(
