@@ -18,6 +18,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lightning_bet import BNNClassifier, DigitsDataModule
 from lightning_bet.data.digits import load_digits_splits
@@ -167,6 +169,23 @@ def test_odd_shapes_agree(sizes):
     rng = np.random.default_rng(sum(sizes))
     q = rng.integers(0, 4, size=(20, sizes[0]), dtype=np.int64)
     assert_agrees(random_model(sizes, 3, rng, q), q)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 70), min_size=2, max_size=5),
+    levels=st.integers(1, 255),
+    samples=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_shapes_and_levels_agree(sizes, levels, samples, seed):
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, levels + 1, size=(samples, sizes[0]), dtype=np.int64)
+    model = random_model(tuple(sizes), levels, rng, q)
+    preds, logits = run_c(write_bitstream(model), q)
+    expected = reference_logits(model, q)
+    np.testing.assert_array_equal(logits, expected)
+    np.testing.assert_array_equal(preds, first_argmax(expected))
 
 
 def test_threshold_boundaries_and_both_directions():
