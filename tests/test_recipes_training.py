@@ -60,7 +60,7 @@ def test_fault_model_from_yaml(tmp_path):
     assert callback.fault_model(0) == FaultModel(p01=0.05, p10=0.0125)
 
 
-@pytest.mark.parametrize("kind", ["flip_st", "flip_hirtzlin", "margin_reg", "mhl"])
+@pytest.mark.parametrize("kind", ["flip_st", "flip_hirtzlin", "margin_reg"])
 def test_digits_recipe_trains_a_few_steps(kind, tmp_path):
     cli = make_cli(
         [
@@ -68,11 +68,13 @@ def test_digits_recipe_trains_a_few_steps(kind, tmp_path):
             "--config",
             str(RECIPES / f"digits_fcnn_{kind}.yaml"),
             "--trainer.max_epochs",
-            "2",
+            "1",
             "--trainer.limit_train_batches",
-            "5",
+            "4",
             "--trainer.limit_val_batches",
-            "2",
+            "1",
+            "--trainer.logger",
+            "false",
             "--trainer.default_root_dir",
             str(tmp_path),
             "--trainer.enable_progress_bar",
@@ -87,9 +89,9 @@ def test_digits_recipe_trains_a_few_steps(kind, tmp_path):
     found = ours(cli.trainer.callbacks, kind)
     if kind.startswith("flip"):
         (callback,) = found
-        assert callback.micro_step == 10 and not callback.is_flipped
+        assert callback.micro_step == 4 and not callback.is_flipped
         bits = sum(p.numel() for n, p in cli.model.named_parameters() if "layer" in n)
-        assert abs(float(metrics["flip/rate"]) - 0.05) < 4 * math.sqrt(0.05 * 0.95 / (5 * bits))
+        assert abs(float(metrics["flip/rate"]) - 0.05) < 4 * math.sqrt(0.05 * 0.95 / (4 * bits))
         checkpoint = next(Path(tmp_path).rglob("*.ckpt"))
         state = torch.load(checkpoint, weights_only=False)["state_dict"]
         live = cli.model.state_dict()
