@@ -1,0 +1,546 @@
+"""Accuracy over weight error rate by fault injection (METHOD §6), and the BET area.
+
+Fault maps (the key scheme other backends reproduce): for error rate ``p`` (the grid value, a
+Python float), realization ``r`` (0-based int) and binary layer ``l`` (0-based, in forward order:
+hidden blocks then the output layer, as :func:`lightning_bet.layers.binary_layers` yields them),
+the flipped weights are::
+
+    sample_fault_indices(sign(W_l) viewed as (out, in) row-major,    # conv: (out, in*kh*kw)
+                         fault_model(p),
+                         make_generator(seed, p, r, l))
+
+with ``semantics="fixed"`` (one map per realization for the whole evaluation, the default).
+With ``semantics="per_batch"`` batch ``b`` (0-based, of ``batch_size`` samples in data order)
+uses ``make_generator(seed, p, r, l, "batch", b)``. A flipped weight reads ``-sign(W)``.
+
+Two evaluators give identical accuracies for the same maps: the fast exact path of
+:mod:`lightning_bet.functional.fast_forward` for fully connected BNNs, and the reference path
+(copy the model, flip, float forward) for everything else. See that module for the precise
+reference semantics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lightning_bet.functional.binarize import sign
+from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
+from lightning_bet.layers import binary_layers
+from lightning_bet.metrics import resolve_bnn
+
+__all__ = [
+    "DEFAULT_ERROR_RATES",
+    "SweepResult",
+    "bet_area",
+    "cli_main",
+    "demo_measure",
+    "fault_maps",
+    "naive_accuracy",
+    "sweep",
+]
+
+#: METHOD §6 default grid: 0, 0.1%, 0.5%, 1%, 2%, 3.3%, 5%, 7.5%, 10%.
+DEFAULT_ERROR_RATES = (0.0, 0.001, 0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1)
+SEMANTICS = ("fixed", "per_batch")
+
+
+def _symmetric(p: float) -> FaultModel:
+    return FaultModel(p=p)
+
+
+def bet_area(error_rates: Sequence[float], accuracy: Sequence[float]) -> float:
+    """Trapezoid area under accuracy over error rate, divided by the grid width.
+
+    A one-point grid has width 0; its area is defined as that accuracy.
+    """
+    rates = np.asarray(error_rates, dtype=np.float64)
+    acc = np.asarray(accuracy, dtype=np.float64)
+    order = np.argsort(rates, kind="stable")
+    rates, acc = rates[order], acc[order]
+    width = rates[-1] - rates[0]
+    if width == 0:
+        return float(acc.mean())
+    return float(np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(rates)) / width)
+
+
+@dataclass
+class SweepResult:
+    """Accuracies of a sweep.
+
+    Attributes:
+        error_rates: the grid, ``(P,)``.
+        accuracy: ``(P, R)`` accuracy of every realization.
+        config: how the sweep was run (seed, semantics, fault model, evaluator, ...).
+    """
+
+    error_rates: list[float]
+    accuracy: np.ndarray
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean accuracy per error rate, ``(P,)``."""
+        return self.accuracy.mean(axis=1)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Sample standard deviation per error rate (0 for one realization), ``(P,)``."""
+        if self.accuracy.shape[1] < 2:
+            return np.zeros(len(self.error_rates))
+        return self.accuracy.std(axis=1, ddof=1)
+
+    @property
+    def area(self) -> float:
+        """BET area of the mean curve (:func:`bet_area`)."""
+        return bet_area(self.error_rates, self.mean)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "error_rates": list(self.error_rates),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "accuracy": self.accuracy.tolist(),
+            "bet_area": self.area,
+            "config": self.config,
+        }
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """One row per error rate: ``error_rate, mean, std, acc_r0, ..., acc_r{R-1}``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            r = self.accuracy.shape[1]
+            writer.writerow(["error_rate", "mean", "std"] + [f"acc_r{i}" for i in range(r)])
+            for p, m, s, row in zip(
+                self.error_rates, self.mean, self.std, self.accuracy, strict=True
+            ):
+                writer.writerow([repr(p), f"{m:.6f}", f"{s:.6f}"] + [f"{a:.6f}" for a in row])
+        return path
+
+    def to_markdown(self) -> str:
+        """A Markdown table of mean ± std per error rate, and the BET area."""
+        lines = ["| error rate | accuracy (mean ± std) |", "|---:|---:|"]
+        for p, m, s in zip(self.error_rates, self.mean, self.std, strict=True):
+            lines.append(f"| {p:g} | {m:.4f} ± {s:.4f} |")
+        lines.append("")
+        lines.append(
+            f"BET area (trapezoid / grid width): **{self.area:.4f}**; "
+            f"R = {self.accuracy.shape[1]} realizations, semantics `{self.config.get('semantics')}`"
+        )
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | os.PathLike | None = None, ax: Any = None, label: str = "") -> Any:
+        """Accuracy over error rate with a ±1 std band; saved as PNG when ``path`` is given."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+        else:
+            fig = ax.get_figure()
+        rates, mean, std = np.asarray(self.error_rates), self.mean, self.std
+        ax.plot(rates, mean, marker="o", label=label or f"area {self.area:.4f}")
+        ax.fill_between(rates, mean - std, mean + std, alpha=0.25)
+        ax.set_xlabel("weight error rate p")
+        ax.set_ylabel("accuracy")
+        ax.set_title("Accuracy over bit error rate")
+        ax.legend()
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            plt.close(fig)
+        return fig
+
+
+def _check_grid(error_rates: Sequence[float]) -> list[float]:
+    if isinstance(error_rates, int | float):
+        error_rates = [error_rates]
+    rates = list(error_rates)
+    if not rates:
+        raise ValueError("Expected `error_rates` to be a non-empty list, but got []")
+    for p in rates:
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+            raise ValueError(
+                f"Expected every error rate in `error_rates` to be a float in [0, 1], but got {p!r}"
+            )
+    return [float(p) for p in rates]
+
+
+def fault_maps(
+    layers: Sequence[nn.Module],
+    fault_model: FaultModel,
+    seed: int,
+    p: float,
+    realization: int,
+    batch: int | None = None,
+) -> list[Tensor]:
+    """Flat flipped-weight indices for each binary layer (the documented key scheme).
+
+    Args:
+        layers: the binary layers in forward order.
+        fault_model: the fault model at error rate ``p``.
+        seed: sweep seed.
+        p: the grid value (keys the generator by its exact float bits).
+        realization: realization index.
+        batch: batch index for ``per_batch`` semantics, else ``None``.
+
+    Returns:
+        One int64 ``(K_l,)`` tensor per layer, on the CPU.
+
+    """
+    maps = []
+    for index, layer in enumerate(layers):
+        keys: tuple[Any, ...] = (float(p), int(realization), index)
+        if batch is not None:
+            keys = keys + ("batch", int(batch))
+        stored = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        maps.append(sample_fault_indices(stored, fault_model, make_generator(seed, *keys)).cpu())
+    return maps
+
+
+@torch.no_grad()
+def _flipped_copy(net: nn.Module, flips: Sequence[Tensor]) -> nn.Module:
+    faulty = copy.deepcopy(net)
+    for (_, layer), idx in zip(binary_layers(faulty), flips, strict=True):
+        flat = layer.weight.data.view(-1)
+        idx = idx.to(flat.device)
+        flat[idx] = -sign(flat[idx])
+    return faulty.eval()
+
+
+@torch.no_grad()
+def naive_accuracy(
+    net: nn.Module, x: Tensor, y: Tensor, flips: Sequence[Tensor], batch_size: int = 1000
+) -> float:
+    """Reference evaluation: copy the network, flip the weights, float forward, accuracy.
+
+    Args:
+        net: a BNN.
+        x: ``(N, ...)`` inputs.
+        y: ``(N,)`` labels.
+        flips: flat flipped indices per binary layer (see :func:`fault_maps`).
+        batch_size: forward batch size.
+
+    Returns:
+        The accuracy in [0, 1].
+
+    """
+    return _naive_correct(net, x, y, flips, batch_size) / x.shape[0]
+
+
+@torch.no_grad()
+def _naive_correct(
+    net: nn.Module, x: Tensor, y: Tensor, flips: Sequence[Tensor], batch_size: int
+) -> int:
+    faulty = _flipped_copy(net, flips)
+    device = next(faulty.parameters()).device
+    correct = 0
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+        pred = faulty(xb.to(device)).argmax(1)
+        correct += int((pred.cpu() == yb.cpu()).sum())
+    return correct
+
+
+def _collect(data: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], Tensor):
+        x, y = data
+    elif isinstance(data, torch.utils.data.DataLoader | Sequence) or hasattr(data, "__iter__"):
+        xs, ys = [], []
+        for batch in data:
+            xs.append(batch[0])
+            ys.append(batch[1])
+        if not xs:
+            raise ValueError("Expected `data` to hold at least one batch, but it is empty")
+        x, y = torch.cat(xs), torch.cat(ys)
+    else:
+        raise TypeError(
+            "Expected `data` to be an (x, y) tuple of tensors or an iterable of (x, y) batches, "
+            f"but got {type(data).__name__}"
+        )
+    if not isinstance(y, Tensor) or y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            "Expected `x` of shape (N, ...) and `y` of shape (N,) with the same N, but got "
+            f"{tuple(x.shape)} and {tuple(getattr(y, 'shape', ()))}"
+        )
+    return x, y
+
+
+def sweep(
+    model: nn.Module,
+    data: Any,
+    error_rates: Sequence[float] = DEFAULT_ERROR_RATES,
+    realizations: int = 8,
+    seed: int = 0,
+    semantics: str = "fixed",
+    fault_model: Callable[[float], FaultModel] | None = None,
+    batch_size: int = 1000,
+    evaluator: str = "auto",
+    progress: bool = False,
+) -> SweepResult:
+    """Accuracy over weight error rate with ``realizations`` fault maps per rate.
+
+    Args:
+        model: a BNN or a module holding one as ``.net`` (e.g. ``BNNClassifier``).
+        data: ``(x, y)`` tensors or an iterable of ``(x, y)`` batches (e.g. a test DataLoader).
+        error_rates: the grid, each in [0, 1] (default: METHOD §6).
+        realizations: fault maps per error rate (``R >= 1``).
+        seed: sweep seed (see the module docstring for the key scheme).
+        semantics: ``"fixed"`` (one map per realization) or ``"per_batch"`` (a fresh map for
+            every batch of ``batch_size`` samples).
+        fault_model: ``p -> FaultModel`` (default: symmetric flips ``FaultModel(p=p)``), e.g.
+            ``lambda p: FaultModel(p01=p, p10=p / 2)``.
+        batch_size: samples per batch (the unit of ``per_batch`` semantics).
+        evaluator: ``"auto"`` (fast exact path for fully connected BNNs, else reference),
+            ``"fast"`` or ``"naive"``.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A :class:`SweepResult`.
+
+    Example:
+        >>> from lightning_bet.models import build_model
+        >>> net = build_model(hidden=(32,)).eval()
+        >>> x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+        >>> sweep(net, (x, y), error_rates=[0.0, 0.1], realizations=2).accuracy.shape
+        (2, 2)
+
+    """
+    from lightning_bet.functional.fast_forward import FastDenseEvaluator, supports_fast_path
+
+    net = resolve_bnn(model)
+    rates = _check_grid(error_rates)
+    if isinstance(realizations, bool) or not isinstance(realizations, int) or realizations < 1:
+        raise ValueError(f"Expected `realizations` to be an int >= 1, but got {realizations!r}")
+    if semantics not in SEMANTICS:
+        raise ValueError(
+            f"Expected `semantics` to be one of {list(SEMANTICS)}, but got {semantics!r}"
+        )
+    if evaluator not in ("auto", "fast", "naive"):
+        raise ValueError(
+            f"Expected `evaluator` to be 'auto', 'fast' or 'naive', but got {evaluator!r}"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be a positive int, but got {batch_size!r}")
+    make_model = fault_model if fault_model is not None else _symmetric
+    if not callable(make_model):
+        raise TypeError(
+            f"Expected `fault_model` to be a callable p -> FaultModel, but got {make_model!r}"
+        )
+    x, y = _collect(data)
+    layers = [layer for _, layer in binary_layers(net)]
+    fast = evaluator == "fast" or (evaluator == "auto" and supports_fast_path(net))
+    was_training = net.training
+    net.eval()
+    try:
+        ev = FastDenseEvaluator(net, x, y) if fast else None
+        n = x.shape[0]
+        batches = [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+        acc = np.zeros((len(rates), realizations))
+        total = len(rates) * realizations
+        bar = _progress(total, progress)
+        try:
+            for i, p in enumerate(rates):
+                fm = make_model(p)
+                if not isinstance(fm, FaultModel):
+                    raise TypeError(
+                        f"Expected `fault_model({p!r})` to return a FaultModel, but got "
+                        f"{type(fm).__name__}"
+                    )
+                for r in range(realizations):
+                    if semantics == "fixed":
+                        maps = fault_maps(layers, fm, seed, p, r)
+                        if ev is not None:
+                            correct = ev.correct(maps)
+                        else:
+                            correct = _naive_correct(net, x, y, maps, batch_size)
+                    else:
+                        correct = 0
+                        for b, cols in enumerate(batches):
+                            maps = fault_maps(layers, fm, seed, p, r, batch=b)
+                            if ev is not None:
+                                correct += ev.correct(maps, cols)
+                            else:
+                                correct += _naive_correct(net, x[cols], y[cols], maps, batch_size)
+                    acc[i, r] = correct / n
+                    bar.update(1)
+        finally:
+            bar.close()
+    finally:
+        net.train(was_training)
+    fm0 = make_model(rates[0])
+    config = {
+        "seed": seed,
+        "realizations": realizations,
+        "semantics": semantics,
+        "fault_model_at_first_rate": fm0.to_dict(),
+        "evaluator": "fast" if fast else "naive",
+        "samples": int(x.shape[0]),
+        "batch_size": batch_size,
+    }
+    return SweepResult(rates, acc, config)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sweep", unit="map", disable=not enabled, leave=False)
+
+
+def write_outputs(result: SweepResult, out_dir: str | os.PathLike, name: str = "sweep") -> dict:
+    """Write ``<name>.csv``, ``<name>.png``, ``<name>.md`` and ``<name>.json`` to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": str(result.to_csv(out / f"{name}.csv")),
+        "md": str(out / f"{name}.md"),
+        "png": str(out / f"{name}.png"),
+        "json": str(out / f"{name}.json"),
+    }
+    Path(paths["md"]).write_text(result.to_markdown())
+    Path(paths["json"]).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    result.plot(paths["png"])
+    return paths
+
+
+def demo_measure(model_module: nn.Module, datamodule: Any, out_dir: str | os.PathLike) -> dict:
+    """Measure a trained model for the demo: the BET metric and a small sweep.
+
+    Runs :class:`~lightning_bet.metrics.BitErrorTolerance` on the validation split (the value
+    logged as ``val/bet``) and a 5-point sweep (``0, 0.01, 0.02, 0.05, 0.1``, R = 5) on the
+    test split, and writes ``sweep.csv``/``.png``/``.md``/``.json`` and ``bet.png`` to
+    ``out_dir``.
+
+    Args:
+        model_module: a ``BNNClassifier`` (or a BNN).
+        datamodule: a LightningDataModule with ``val_dataloader`` and ``test_dataloader``.
+        out_dir: output folder.
+
+    Returns:
+        ``{"bet": float, "metric": {name: float}, "sweep": SweepResult.to_dict(),
+        "files": {...}}``.
+
+    """
+    from lightning_bet.metrics import BitErrorTolerance
+
+    if hasattr(datamodule, "setup"):
+        datamodule.setup("test")
+    metric = BitErrorTolerance(model_module)
+    for xb, yb in datamodule.val_dataloader():
+        metric.update(xb, yb)
+    values = {k: float(v) for k, v in metric.compute().items()}
+    result = sweep(
+        model_module,
+        datamodule.test_dataloader(),
+        error_rates=(0.0, 0.01, 0.02, 0.05, 0.1),
+        realizations=5,
+    )
+    files = write_outputs(result, out_dir)
+    import matplotlib.pyplot as plt
+
+    fig, _ = metric.plot()
+    fig.savefig(Path(out_dir) / "bet.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    files["bet_png"] = str(Path(out_dir) / "bet.png")
+    return {"bet": values["bet"], "metric": values, "sweep": result.to_dict(), "files": files}
+
+
+def _parse_float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated floats, but got {text!r}"
+        ) from exc
+
+
+def load_checkpoint_with_config(ckpt: str, config: str) -> tuple[nn.Module, Any]:
+    """Build model and datamodule from the training recipe and load the checkpoint weights.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: the checkpoint does not match the network the recipe builds.
+
+    """
+    from lightning_bet.cli import make_cli
+
+    for name, path in (("--ckpt", ckpt), ("--config", config)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Expected `{name}` to be an existing file, but got {path!r}")
+    cli = make_cli(args=["--config", config], run=False)
+    module, datamodule = cli.model, cli.datamodule
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"Expected checkpoint {ckpt!r} to match the model built from {config!r}, but "
+            f"loading failed: {str(exc).splitlines()[0]} {_mismatch_summary(exc)}"
+        ) from exc
+    return module.eval(), datamodule
+
+
+def _mismatch_summary(exc: RuntimeError) -> str:
+    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    return " ".join(lines[:3])
+
+
+def cli_main(argv: Sequence[str] | None = None) -> dict:
+    """``lightning-bet sweep --ckpt CKPT --config RECIPE [--out DIR] ...``.
+
+    Writes ``sweep.csv``, ``sweep.png`` (accuracy over error rate with std bands),
+    ``sweep.md`` and ``sweep.json`` into ``--out`` and prints the Markdown table.
+    """
+    parser = argparse.ArgumentParser(
+        prog="lightning-bet sweep",
+        description="Accuracy over weight error rate by fault injection (METHOD §6).",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint of the trained model")
+    parser.add_argument("--config", required=True, help="the YAML recipe used for training")
+    parser.add_argument("--out", default="runs/sweep", help="output folder")
+    parser.add_argument(
+        "--error-rates",
+        type=_parse_float_list,
+        default=list(DEFAULT_ERROR_RATES),
+        help="comma-separated grid (default: METHOD §6)",
+    )
+    parser.add_argument("--realizations", "-R", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--semantics", choices=SEMANTICS, default="fixed")
+    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    module, datamodule = load_checkpoint_with_config(args.ckpt, args.config)
+    datamodule.setup("test")
+    loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
+    result = sweep(
+        module,
+        loader,
+        error_rates=args.error_rates,
+        realizations=args.realizations,
+        seed=args.seed,
+        semantics=args.semantics,
+        batch_size=args.batch_size,
+        progress=True,
+    )
+    result.config.update({"ckpt": args.ckpt, "config": args.config, "split": args.split})
+    files = write_outputs(result, args.out)
+    print(result.to_markdown())
+    print(f"wrote {', '.join(files.values())}")
+    return {"result": result.to_dict(), "files": files}
