@@ -304,7 +304,7 @@ class BitFlipTraining(Callback):
                 index = index.to(param.device)
                 entry = _Flipped(param, index, flip_signs_(param, index))
                 self._flipped.append(entry)
-                if self.variant == "hirtzlin":
+                if self.variant == "hirtzlin" and param.requires_grad:
                     entry.hook = param.register_hook(_Negate(index))
         except BaseException:
             self.restore()

@@ -52,8 +52,8 @@ def flip_signs_(weight: Tensor, index: Tensor) -> Tensor:
     """
     flat = _flat_view(weight, "weight")
     original = flat.index_select(0, index)
-    tiny = torch.finfo(weight.dtype).tiny
-    flipped = torch.where(original == 0, torch.full_like(original, -tiny), -original)
+    flipped = original.neg()
+    flipped.masked_fill_(original == 0, -torch.finfo(weight.dtype).tiny)
     flat.index_copy_(0, index, flipped)
     return original
 
