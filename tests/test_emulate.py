@@ -141,3 +141,37 @@ def test_emulate_rejects_bad_arguments():
         inject_faults(data, {5: [0]})
     with pytest.raises(ValueError, match="one label per sample"):
         emulate(data, np.zeros((3, 5), np.uint8), np.zeros(2), FaultModel(p=0.1), 1)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True], ids=["symmetric", "asymmetric"])
+def test_emulated_accuracy_equals_the_pytorch_sweep(asymmetric):
+    """Same seed, same key scheme (p, realization, layer): the sweep's accuracies, exactly."""
+    sweep_module = pytest.importorskip("lightning_bet.sweep")
+    net, data = _digits_bitstream()
+    x, q, y = digits_test_pixels()
+    rates, realizations, seed = [0.01, 0.05], 3, 7
+
+    def fault_model(p: float) -> FaultModel:
+        return FaultModel(p01=p, p10=p / 2) if asymmetric else FaultModel(p=p)
+
+    swept = sweep_module.sweep(
+        net,
+        (x, y),
+        rates,
+        realizations,
+        seed=seed,
+        fault_model=fault_model,
+        evaluator="auto" if asymmetric else "naive",  # both PyTorch evaluators
+    )
+    for i, p in enumerate(rates):
+        emulated = emulate(data, q.numpy(), y.numpy(), fault_model(p), realizations, seed, key=p)
+        assert np.array_equal(emulated.accuracies, swept.accuracy[i]), (p, swept.accuracy[i])
+        maps = sweep_module.fault_maps(
+            [layer for _, layer in binary_layers(net)], fault_model(p), seed, p, 0
+        )
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(
+                maps, fault_indices(data, fault_model(p), seed, 0, key=p).values(), strict=True
+            )
+        )
