@@ -70,6 +70,17 @@ def test_emulate_cli_prints_mean_and_std(exported, capsys):
     assert float(match.group(2)) == pytest.approx(reference.std, abs=5e-5)
 
 
+def test_emulate_cli_asymmetric_with_sweep_key(exported):
+    out, _ = exported
+    argv = [str(out / "model.bet"), "--p01", "0.02", "--p10", "0.01", "--realizations", "2"]
+    result = emulate_main([*argv, "--key", "0.02"])
+    _, q, y = digits_test_pixels()
+    data = (out / "model.bet").read_bytes()
+    fault_model = FaultModel(p01=0.02, p10=0.01)
+    reference = emulate(data, q.numpy(), y.numpy(), fault_model, 2, seed=0, key=0.02)
+    assert result["accuracies"] == reference.accuracies.tolist()
+
+
 def test_cli_dispatch_and_recipe_data(exported, capsys):
     out, _ = exported
     main(

@@ -285,6 +285,12 @@ def emulate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stuck_at_1", type=float, default=0.0, help="fraction stuck at 1 (-1)")
     parser.add_argument("--realizations", type=int, default=10, help="fault maps (fixed)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the fault maps")
+    parser.add_argument(
+        "--key",
+        type=float | None,
+        default=None,
+        help="seed key (default: p for symmetric flips; give the sweep's p for other models)",
+    )
     parser.add_argument("--layers", type=list[int] | None, default=None, help="default: all")
     parser.add_argument("--data", type=str, default="digits", help="'digits' or a recipe YAML")
     parser.add_argument("--backend", type=str, default="numpy", help="'numpy' or 'c'")
@@ -318,14 +324,24 @@ def emulate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from lightning_bet.deploy.emulate import faulty_bitstreams
 
         streams = list(
-            faulty_bitstreams(data, fault_model, args.realizations, args.seed, layers=args.layers)
+            faulty_bitstreams(
+                data, fault_model, args.realizations, args.seed, args.key, layers=args.layers
+            )
         )
         accuracies = evaluate_bitstreams_c(streams, q, y)
         std = float(accuracies.std(ddof=1)) if accuracies.size > 1 else 0.0
         mean = float(accuracies.mean())
     else:
         result = emulate(
-            data, q, y, fault_model, args.realizations, args.seed, layers=args.layers, progress=True
+            data,
+            q,
+            y,
+            fault_model,
+            args.realizations,
+            args.seed,
+            args.key,
+            layers=args.layers,
+            progress=True,
         )
         accuracies, mean, std = result.accuracies, result.mean, result.std
     rates = f"p={args.p}" if not asymmetric else f"p01={args.p01}, p10={args.p10}"
