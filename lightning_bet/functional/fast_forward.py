@@ -140,15 +140,29 @@ def exact_float_thresholds(bn: torch.nn.Module) -> tuple[Tensor, Tensor]:
     all_pos = positive(lo_key)
     none_pos = ~positive(hi_key)
     lo, hi = lo_key.clone(), hi_key.clone()  # invariant: positive(hi) (when not none_pos)
-    for _ in range(34):
-        mid = (lo + hi) // 2
-        pos = positive(mid)
-        hi = torch.where(pos, mid, hi)
-        lo = torch.where(pos, lo, mid)
+    # 64-ary search over the float32 order: ~6 evaluations of the module on (63, C) candidates
+    steps = torch.arange(1, _FANOUT, dtype=torch.long).view(-1, 1)
+    for _ in range(40):
+        if bool((hi - lo <= 1).all()):
+            break
+        keys = lo.view(1, -1) + ((hi - lo).view(1, -1) * steps) // _FANOUT  # (63, C)
+        values = _unordered(keys).to(torch.int32).view(torch.float32).to(device) * d.view(1, -1)
+        pos = _bn_positive(bn, values.contiguous()).cpu()
+        pos = torch.cat([pos, torch.ones(1, channels, dtype=torch.bool)])  # hi is positive
+        first = pos.long().argmax(0)  # first positive candidate (monotone along rows)
+        bounds = torch.cat([keys, hi.view(1, -1)])
+        new_hi = bounds.gather(0, first.view(1, -1)).view(-1)
+        below = torch.cat([lo.view(1, -1), keys])
+        new_lo = below.gather(0, first.view(1, -1)).view(-1)
+        hi, lo = new_hi, new_lo
     t = _unordered(hi).to(torch.int32).view(torch.float32)
     t = torch.where(all_pos, torch.tensor(-math.inf), t)
     t = torch.where(none_pos, torch.tensor(math.inf), t)
     return d_cpu, t
+
+
+#: Candidates per step of the search for float thresholds.
+_FANOUT = 64
 
 
 def _pack_rows(bits: np.ndarray) -> np.ndarray:
@@ -204,10 +218,11 @@ def _unpack(packed: np.ndarray, n: int) -> Tensor:
 
 def _dyadic_exponent(x: Tensor) -> int | None:
     """Smallest ``k <= 12`` with ``x * 2^k`` integral (every sum then exact), else ``None``."""
+    x = x.to(torch.float32)
     for k in range(0, 13):
-        scaled = x.double() * 2.0**k
-        if torch.equal(scaled, scaled.round()):
-            return k if float(scaled.abs().sum(1).max()) < 2.0**24 else None
+        scaled = x * 2.0**k  # exact: a power-of-two scale
+        if not bool(torch.frac(scaled).any()):
+            return k if float(scaled.abs().sum(1, dtype=torch.float64).max()) < 2.0**24 else None
     return None
 
 
