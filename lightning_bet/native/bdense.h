@@ -49,7 +49,8 @@ int bdense_popcount_reference(const uint32_t *x, const uint32_t *w, int32_t *out
  * threads (<= 0: all online CPUs).  Each thread runs `iters` iterations of 16
  * independent popcount instructions on register data (no loads, no
  * dependency chains); the rate is total bits over the wall time of the
- * parallel section.
+ * parallel section.  There is no warm-up inside: call once with few
+ * iterations first to bring the core up to speed.
  *   bdense_peak_vector: 512-bit VPOPCNTQ, 512 bits per instruction; 0.0 when
  *                       the AVX512-VPOPCNTDQ path is not compiled in.
  *   bdense_peak_scalar: 64-bit POPCNT, 64 bits per instruction (a plain C
