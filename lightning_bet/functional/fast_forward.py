@@ -161,6 +161,9 @@ def exact_float_thresholds(bn: torch.nn.Module) -> tuple[Tensor, Tensor]:
     return d_cpu, t
 
 
+#: Popcount products below this many word pairs run single-threaded.
+_SMALL_WORK = 1 << 22
+
 #: Candidates per step of the search for float thresholds.
 _FANOUT = 64
 
@@ -205,7 +208,10 @@ class _Popcount:
 
     def __call__(self, xpacked: np.ndarray, wpacked: np.ndarray, n: int) -> np.ndarray:
         if self.lib is not None:
-            return self.lib.binary_dense(xpacked, wpacked, n, check_padding=False)
+            # small products run on one thread: waking a pool costs more than the work
+            work = xpacked.shape[0] * wpacked.shape[0] * wpacked.shape[1]
+            threads = 1 if work < _SMALL_WORK else None
+            return self.lib.binary_dense(xpacked, wpacked, n, threads=threads, check_padding=False)
         x = _unpack(xpacked, n)
         w = _unpack(wpacked, n)
         return (x @ w.T).to(torch.int32).numpy()
