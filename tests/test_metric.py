@@ -265,3 +265,35 @@ def test_callback_logs_val_bet(tmp_path):
     logger.save()
     text = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "val/bet" in text
+
+
+def test_conv_model_matches_functional_core():
+    from lightning_bet.functional.margins import flip_probability, fold_batchnorm, tolerated_flips
+    from lightning_bet.metrics import capture_activations, fan_in
+
+    torch.manual_seed(0)
+    net = build_model("vgg3", (1, 8, 8), 10, (32,)).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for block in net.blocks:
+            c = block.bn.num_features
+            block.bn.running_mean.copy_(torch.randn(c, generator=g) * 4)
+            block.bn.running_var.copy_(torch.rand(c, generator=g) * 20 + 1)
+            block.bn.weight.copy_(torch.randn(c, generator=g))
+    x, y = _data(24)
+    metric = BitErrorTolerance(net, error_rates=(0.01,))
+    metric.update(x, y)
+    values = metric.compute()
+    with torch.no_grad(), capture_activations(net) as records:
+        net(x)
+    for i in (1, 2):  # binary-input conv block and dense block
+        block = net.blocks[i]
+        a = records["preacts"][i]
+        tau, d = fold_batchnorm(block.bn)
+        n = fan_in(block.layer)
+        t = tolerated_flips(a, tau, d, n).flatten().sort().values
+        assert float(values[f"layer{i}/tolerated_fraction_median"]) == float(
+            int(t[(t.numel() + 1) // 2 - 1]) / n
+        )
+        prob = flip_probability(a, tau, d, 0.01, float(n), n=n).mean()
+        assert float(values[f"layer{i}/flip_rate@0.01"]) == pytest.approx(float(prob), rel=1e-4)
