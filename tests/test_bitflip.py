@@ -563,3 +563,16 @@ def test_state_dict_round_trip():
     other.load_state_dict(cb.state_dict())
     assert other.micro_step == 17 and other.state_key == cb.state_key
     assert BitFlipTraining(variant="hirtzlin").state_key != cb.state_key
+
+
+def test_flip_overhead_benchmark_writes_results(tmp_path, capsys):
+    import json
+
+    from lightning_bet.bench.flip_overhead import run
+
+    result = run(out_dir=tmp_path, repeats=1, widths=(32, 16), rates=(0.1,), variants=("hirtzlin",))
+    assert set(result["by_width"]) == {"32", "16"}
+    assert result["ratio_p0.1"] == result["by_width"]["32"]["ratio_hirtzlin_p0.1"] > 0
+    stored = json.loads((tmp_path / "results.json").read_text())["flip_overhead"]
+    assert stored["ratio_p0.1"] == result["ratio_p0.1"]
+    assert "hirtzlin_p0.1" in capsys.readouterr().out
