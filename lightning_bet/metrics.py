@@ -148,7 +148,8 @@ class BitErrorTolerance(Metric):
     - ``"layer{l}/margin_mean"``, ``"layer{l}/margin_q{q}"`` (low quantiles of ``m / sqrt(n)``,
       resolved to the histogram bin width ``margin_range / margin_bins`` and reported as the
       lower edge of the bin), ``"layer{l}/tolerated_fraction_median"`` (median ``t / n``, exact:
-      one bin per integer ``t``), ``"layer{l}/flip_rate@{p}"``.
+      one bin per integer ``t``), ``"layer{l}/flip_rate_p{p}"`` (e.g. ``flip_rate_p0.01``;
+      key names use only characters every Lightning logger accepts).
     - ``"output/margin_mean"``, ``"output/margin_q{q}"`` (same binning over
       ``[-margin_range, margin_range]``).
 
@@ -424,7 +425,7 @@ class BitErrorTolerance(Metric):
             flip = getattr(self, f"flip_sum_{i}") / count
             rates.append(flip)
             for p, rate in zip(self.error_rates, flip, strict=True):
-                out[f"layer{i}/flip_rate@{p:g}"] = rate
+                out[f"layer{i}/flip_rate_p{p:g}"] = rate
         count = int(self.out_count)
         out["output/margin_mean"] = self.out_margin_sum / max(count, 1)
         for q in self.quantiles:
@@ -455,7 +456,7 @@ class BitErrorTolerance(Metric):
         else:
             fig = ax.get_figure()
         for i in range(len(self.fan_ins)):
-            rates = [float(val[f"layer{i}/flip_rate@{p:g}"]) for p in self.error_rates]
+            rates = [float(val[f"layer{i}/flip_rate_p{p:g}"]) for p in self.error_rates]
             ax.plot(self.error_rates, rates, marker="o", label=f"layer {i}")
         ax.set_xlabel("weight error rate p")
         ax.set_ylabel("predicted neuron flip rate")

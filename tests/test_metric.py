@@ -67,7 +67,7 @@ def _reference(net, x, y, rates):
             else:
                 var_a = 4 * p * (1 - p) * (h**2).sum(1, keepdims=True)
                 prob = norm.cdf(-g * ((1 - 2 * p) * a - tau) / np.sqrt(var_a))
-            result[f"layer{i}/flip_rate@{p:g}"] = prob.mean()
+            result[f"layer{i}/flip_rate_p{p:g}"] = prob.mean()
             rate_i.append(prob.mean())
         flips.append(rate_i)
         if binary:
@@ -255,7 +255,7 @@ def test_callback_logs_val_bet(tmp_path):
     trainer.fit(module, loader, loader)
     logged = trainer.logged_metrics
     assert "val/bet" in logged and "val/bet/layer0/margin_mean" in logged
-    assert "val/bet/layer1/flip_rate@0.05" in logged
+    assert "val/bet/layer1/flip_rate_p0.05" in logged
     module.eval()
     metric = BitErrorTolerance(module, error_rates=RATES)
     metric.update(x, y)
@@ -296,4 +296,4 @@ def test_conv_model_matches_functional_core():
             int(t[(t.numel() + 1) // 2 - 1]) / n
         )
         prob = flip_probability(a, tau, d, 0.01, float(n), n=n).mean()
-        assert float(values[f"layer{i}/flip_rate@0.01"]) == pytest.approx(float(prob), rel=1e-4)
+        assert float(values[f"layer{i}/flip_rate_p0.01"]) == pytest.approx(float(prob), rel=1e-4)

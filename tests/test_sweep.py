@@ -212,7 +212,7 @@ def test_callback_logs_after_fit_and_every_n_epochs(tmp_path):
         enable_model_summary=False,
     )
     trainer.fit(module, loader, loader)
-    assert "sweep/area" in trainer.logged_metrics and "sweep/acc@0.1" in trainer.logged_metrics
+    assert "sweep/area" in trainer.logged_metrics and "sweep/acc_p0.1" in trainer.logged_metrics
     expected = sweep(module, (x, y), (0.0, 0.1), realizations=2)
     np.testing.assert_array_equal(callback.result.accuracy, expected.accuracy)
     assert (tmp_path / "sw" / "sweep_epoch1.png").exists()
@@ -255,3 +255,23 @@ def test_cli_rejects_mismatched_checkpoint(tmp_path):
         cli_main(["--ckpt", str(ckpt), "--config", "recipes/digits_fcnn.yaml"])
     with pytest.raises(FileNotFoundError, match="Expected `--ckpt` to be an existing file"):
         cli_main(["--ckpt", str(tmp_path / "nope.ckpt"), "--config", "recipes/digits_fcnn.yaml"])
+
+
+def test_demo_measure(tmp_path):
+    from lightning_bet.data.digits import DigitsDataModule
+    from lightning_bet.metrics import BitErrorTolerance
+    from lightning_bet.module import BNNClassifier
+    from lightning_bet.sweep import demo_measure
+
+    torch.manual_seed(0)
+    module = BNNClassifier(hidden=(32, 32)).eval()
+    data = DigitsDataModule(batch_size=64)
+    out = demo_measure(module, data, tmp_path)
+    assert out["sweep"]["error_rates"] == [0.0, 0.01, 0.02, 0.05, 0.1]
+    assert len(out["sweep"]["accuracy"][0]) == 5
+    metric = BitErrorTolerance(module)
+    for xb, yb in data.val_dataloader():
+        metric.update(xb, yb)
+    assert out["bet"] == pytest.approx(float(metric.compute()["bet"]))
+    for name in ("sweep.png", "sweep.md", "sweep.csv", "sweep.json", "bet.png"):
+        assert (tmp_path / name).exists()

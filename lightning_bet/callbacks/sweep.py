@@ -19,7 +19,7 @@ __all__ = ["SweepCallback"]
 class SweepCallback(Callback):
     """Run :func:`lightning_bet.sweep.sweep` on the validation (or a given) data and log it.
 
-    Logs ``{prefix}/area`` (the BET area) and ``{prefix}/acc@{p}`` (mean accuracy per error
+    Logs ``{prefix}/area`` (the BET area) and ``{prefix}/acc_p{p}`` (mean accuracy per error
     rate) through the LightningModule's logger, and keeps the last result in ``self.result``.
     With ``out_dir`` it also writes the CSV, PNG, Markdown and JSON files there.
 
@@ -99,7 +99,7 @@ class SweepCallback(Callback):
         if log:
             pl_module.log(f"{self.prefix}/area", float(result.area))
             for p, acc in zip(result.error_rates, result.mean, strict=True):
-                pl_module.log(f"{self.prefix}/acc@{p:g}", float(acc))
+                pl_module.log(f"{self.prefix}/acc_p{p:g}", float(acc))
         else:  # after fit, logging through the module is closed: go to the loggers directly
             self._log_direct(trainer, result)
         rank_zero_info(f"{self.prefix}: BET area {result.area:.4f}")
@@ -111,7 +111,7 @@ class SweepCallback(Callback):
     def _log_direct(self, trainer: L.Trainer, result: SweepResult) -> None:
         metrics = {f"{self.prefix}/area": float(result.area)}
         for p, acc in zip(result.error_rates, result.mean, strict=True):
-            metrics[f"{self.prefix}/acc@{p:g}"] = float(acc)
+            metrics[f"{self.prefix}/acc_p{p:g}"] = float(acc)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
