@@ -125,7 +125,7 @@ class BetLogging(Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self._close()
-        if self.metric is None or int(self.metric.out_count) == 0 and not self._any_rank_has_data():
+        if self.metric is None or not self._has_data():
             return
         values = self.metric.compute()
         pl_module.log(self.prefix, values["bet"].float(), prog_bar=True)
@@ -135,13 +135,13 @@ class BetLogging(Callback):
                     pl_module.log(f"{self.prefix}/{name}", value.float())
         self.metric.reset()
 
-    def _any_rank_has_data(self) -> bool:
+    def _has_data(self) -> bool:
+        """Whether any rank saw data (every rank takes part in the reduction under DDP)."""
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return False
         count = self.metric.out_count.clone()
-        dist.all_reduce(count)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(count)
         return int(count) > 0
 
     def on_exception(  # noqa: D102
