@@ -51,3 +51,40 @@ def test_bad_input():
         compare_paired(np.zeros(2), np.zeros(3), 10)
     with pytest.raises(ValueError, match="Expected `expected_sign` to be -1 or \\+1, but got 0"):
         verdict(Comparison(0, 0, 0, 1, 0.1), 0)
+
+
+def test_verdict_below_uses_the_bound_or_the_resolution():
+    from lightning_bet.reproduce.stats import verdict_below
+
+    assert verdict_below(Comparison(0.001, -0.002, 0.004, 3, 0.005), 0.01) == "supported"
+    assert verdict_below(Comparison(0.05, 0.03, 0.07, 3, 0.005), 0.01) == "not supported"
+    assert verdict_below(Comparison(0.008, 0.0, 0.016, 3, 0.005), 0.01) == "inconclusive"
+    # a coarse test set cannot show a loss below its resolution: the bound is raised to it
+    assert verdict_below(Comparison(0.012, 0.011, 0.013, 3, 0.02), 0.01) == "supported"
+    with pytest.raises(ValueError, match="Expected `bound` to be a float > 0, but got 0"):
+        verdict_below(Comparison(0, 0, 0, 1, 0.1), 0)
+
+
+def test_spearman_matches_scipy_and_within_group_removes_group_means():
+    from lightning_bet.reproduce.stats import spearman
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=30)
+    b = a + rng.normal(scale=0.5, size=30)
+    result = spearman(a, b, n_boot=500)
+    assert result.rho == pytest.approx(sps.spearmanr(a, b).statistic)
+    assert result.low <= result.rho <= result.high and result.n == 30
+    # two groups far apart, no relation inside a group: all-model rho high, within-group near 0
+    groups = np.repeat([0, 1], 15)
+    a2 = groups * 10 + rng.normal(size=30)
+    b2 = groups * 10 + rng.normal(size=30)
+    assert spearman(a2, b2, n_boot=200).rho > 0.7
+    centered = [np.concatenate([v[:15] - v[:15].mean(), v[15:] - v[15:].mean()]) for v in (a2, b2)]
+    within = spearman(a2, b2, groups=groups, n_boot=200)
+    assert within.rho == pytest.approx(sps.spearmanr(*centered).statistic)
+    assert within.low < 0 < within.high
+    with pytest.raises(
+        ValueError, match="Expected `groups` to have shape \\(30,\\), but got \\(2,\\)"
+    ):
+        spearman(a, b, groups=np.zeros(2))
+    assert math.isnan(spearman(np.ones(5), np.arange(5.0)).rho)

@@ -7,7 +7,7 @@ One :class:`ModelSpec` per trained network. The default set per training seed:
 - ``hirtzlin`` and ``straight_through`` flip training (``BitFlipTraining``) at each training
   error rate (default 0.05, 0.15, 0.3), trained for ``flip_epochs`` (flip training converges more
   slowly than plain training);
-- ``margin``: the margin regularizer (``MarginRegularization``) at each ``λ`` (default 0.1, 1, 10);
+- ``margin``: the margin regularizer (``MarginRegularization``) at each ``λ`` (default 0.3, 1, 3);
 - ``mhl``: the modified hinge loss.
 
 The sweep seed is *not* part of a spec: every model is swept on the same fault maps.
@@ -166,7 +166,7 @@ def build_model_set(
     seeds: int = 3,
     methods: Sequence[str] = METHODS,
     train_rates: Sequence[float] = (0.05, 0.15, 0.3),
-    lambdas: Sequence[float] = (0.1, 1.0, 10.0),
+    lambdas: Sequence[float] = (0.3, 1.0, 3.0),
     epochs: int = 60,
     flip_epochs: int = 120,
     delta: float = 1.0,

@@ -8,7 +8,15 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["Comparison", "binomial_se", "compare_paired", "verdict"]
+__all__ = [
+    "Comparison",
+    "SpearmanResult",
+    "binomial_se",
+    "compare_paired",
+    "spearman",
+    "verdict",
+    "verdict_below",
+]
 
 Verdict = Literal["supported", "not supported", "inconclusive"]
 
@@ -104,3 +112,111 @@ def verdict(comparison: Comparison, expected_sign: int) -> Verdict:
     if high < 0:
         return "not supported"
     return "inconclusive"
+
+
+def verdict_below(comparison: Comparison, bound: float) -> Verdict:
+    """Judge a claim that an effect is *small*: below ``bound`` (e.g. a loss under one point).
+
+    The claim is about the absence of a large effect, so it is judged against the bound, not
+    against zero (an equivalence-style test). The bound is raised to the test set's resolution:
+    a test set cannot show that an effect is smaller than what it resolves.
+
+    - ``supported`` when the whole interval lies below ``max(bound, resolution)``;
+    - ``not supported`` when the whole interval lies above it;
+    - ``inconclusive`` otherwise.
+    """
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or not bound > 0:
+        raise ValueError(f"Expected `bound` to be a float > 0, but got {bound!r}")
+    limit = max(float(bound), comparison.resolution)
+    if comparison.high < limit:
+        return "supported"
+    if comparison.low > limit:
+        return "not supported"
+    return "inconclusive"
+
+
+@dataclass(frozen=True)
+class SpearmanResult:
+    """Spearman rank correlation with a bootstrap percentile interval.
+
+    Attributes:
+        rho: the correlation (NaN when undefined, e.g. a constant variable).
+        low: lower end of the bootstrap interval.
+        high: upper end of the bootstrap interval.
+        n: number of units (models).
+    """
+
+    rho: float
+    low: float
+    high: float
+    n: int
+
+    def as_text(self) -> str:
+        """``0.71 [0.40, 0.90] (n=33)``."""
+        return f"{self.rho:.2f} [{self.low:.2f}, {self.high:.2f}] (n={self.n})"
+
+
+def _centered(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    out = values.astype(np.float64).copy()
+    for g in np.unique(groups):
+        out[groups == g] -= out[groups == g].mean()
+    return out
+
+
+def _rho(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+def spearman(
+    a: np.ndarray,
+    b: np.ndarray,
+    groups: np.ndarray | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> SpearmanResult:
+    """Spearman correlation of ``a`` and ``b`` with a bootstrap interval over units.
+
+    Args:
+        a: ``(n,)`` first variable (e.g. the metric scalar of each model).
+        b: ``(n,)`` second variable (e.g. the BET area of each model).
+        groups: ``(n,)`` group labels (e.g. training methods). When given, the group means of
+            ``a`` and ``b`` are removed first (the *within-group* correlation: a correlation
+            that only separates the groups vanishes), and the bootstrap resamples units within
+            each group.
+        n_boot: bootstrap resamples.
+        confidence: two-sided level of the percentile interval.
+        seed: bootstrap seed.
+
+    Returns:
+        A :class:`SpearmanResult`; resamples with an undefined correlation are dropped.
+
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(
+            f"Expected `a` and `b` to be 1-D arrays of equal length, but got shapes {a.shape} "
+            f"and {b.shape}"
+        )
+    labels = np.zeros(a.size, dtype=np.int64) if groups is None else np.asarray(groups)
+    if labels.shape != a.shape:
+        raise ValueError(f"Expected `groups` to have shape {a.shape}, but got {labels.shape}")
+    transform = (lambda v, g: v) if groups is None else _centered
+    rho = _rho(transform(a, labels), transform(b, labels))
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+    values = []
+    for _ in range(n_boot):
+        index = np.concatenate([rng.choice(m, size=m.size, replace=True) for m in members])
+        value = _rho(transform(a[index], labels[index]), transform(b[index], labels[index]))
+        if not math.isnan(value):
+            values.append(value)
+    if values and not math.isnan(rho):
+        low, high = np.quantile(values, [0.5 - confidence / 2.0, 0.5 + confidence / 2.0])
+    else:
+        low = high = math.nan
+    return SpearmanResult(rho, float(low), float(high), int(a.size))
