@@ -173,3 +173,22 @@ def test_bad_cli_list():
 def test_spec_validation():
     with pytest.raises(ValueError, match="Expected `p_train` exactly for flip training"):
         ModelSpec("plain", 0, 1, p_train=0.1)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "module"),
+    [("mnist", "MNISTDataModule"), ("fashion_mnist", "FashionMNISTDataModule")],
+)
+def test_standard_datasets_configure_their_datamodules(tmp_path, dataset, module):
+    from lightning_bet.reproduce.models import DATASETS
+    from lightning_bet.reproduce.run import _build, _quiet
+
+    spec = ModelSpec("hirtzlin", 2, 200, p_train=0.3)
+    with _quiet():
+        cli = _build(spec, DATASETS[dataset], tmp_path, str(tmp_path / "files"))
+    assert type(cli.datamodule).__name__ == module
+    assert cli.datamodule.data_dir == tmp_path / "files" or str(cli.datamodule.data_dir) == str(
+        tmp_path / "files"
+    )
+    assert cli.trainer.max_epochs == 200 and cli.model.hparams.lr_step_size == 50
+    assert tuple(cli.model.hparams.input_shape) == (1, 28, 28)

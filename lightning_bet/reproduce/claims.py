@@ -139,6 +139,7 @@ class ClaimResult:
         rows: measured quantities, each ``{"quantity", "value", "verdict"}`` (verdict may be "").
         verdict: the overall verdict.
         notes: caveats (missing models, resolution, ...).
+        summary: the key measurement in one line.
 
     """
 
@@ -148,6 +149,7 @@ class ClaimResult:
     rows: list[dict[str, str]] = field(default_factory=list)
     verdict: Verdict = "inconclusive"
     notes: list[str] = field(default_factory=list)
+    summary: str = ""
 
 
 def _combine_all(verdicts: Sequence[Verdict]) -> Verdict:
@@ -234,6 +236,9 @@ def claim_c1(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
             }
         )
     result.verdict = _combine_all(verdicts) if verdicts else "inconclusive"
+    result.summary = "; ".join(
+        f"loss at {r['quantity'].split('p=')[1].split(' ')[0]}: {r['value']}" for r in result.rows
+    )
     return result
 
 
@@ -276,6 +281,7 @@ def claim_c2(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
     rates = sorted({r.p_train for r in hirtzlin})
     primary = min(rates, key=lambda p: (abs(p - C2_RATE), p))
     part_a: Verdict = "inconclusive"
+    primary_text = "not measured"
     for p in rates:
         a, b = _paired(_by_seed(records, "hirtzlin", p_train=p), plain)
         if len(a) < 2:
@@ -285,6 +291,7 @@ def claim_c2(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
         v = verdict(c, +1)
         if p == primary:
             part_a = v
+            primary_text = f"p_train={p:g}: {c.as_text()}"
         result.rows.append(
             {
                 "quantity": f"(a) hirtzlin p={p:g} vs plain at p={C2_RATE:g} (acc "
@@ -312,6 +319,9 @@ def claim_c2(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
         {"quantity": "(b) dip below the training rate", "value": "", "verdict": part_b}
     )
     result.verdict = _combine_all([part_a, part_b])
+    result.summary = (
+        f"(a) tolerance at {C2_RATE:g} raised: {part_a} ({primary_text}); (b) dip: {part_b}"
+    )
     return result
 
 
@@ -362,6 +372,9 @@ def claim_c3(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
             }
         )
     result.verdict = _combine_any(verdicts) if verdicts else "inconclusive"
+    result.summary = "; ".join(
+        f"{r['quantity'].split(':')[0]}: {r['value']}" for r in result.rows if r["verdict"]
+    )
     if not verdicts:
         result.notes.append("Not measurable: needs paired models of at least 2 seeds.")
     return result
@@ -399,6 +412,7 @@ def claim_c4(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
             result.rows.append(
                 {"quantity": f"Spearman, {method} only", "value": s.as_text(), "verdict": ""}
             )
+    result.summary = f"all models {overall.as_text()}; within methods {within.as_text()}"
     bounds = [overall.low, within.low, overall.high, within.high]
     if any(math.isnan(b) for b in bounds):
         result.verdict = "inconclusive"
@@ -485,6 +499,10 @@ def claim_c5(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
             }
         )
     result.verdict = _combine_all([v_clean, v_area])
+    result.summary = (
+        f"λ={top:g} vs 0: clean accuracy {clean.as_text()} ({v_clean}), BET area "
+        f"{area.as_text()} ({v_area})"
+    )
     return result
 
 

@@ -77,10 +77,11 @@ def _plot_curves(records: Sequence[ModelRecord], path: Path) -> None:
             if p is not None:
                 ax.axvline(p, color=_COLORS[method], alpha=alpha * 0.3, linestyle=":")
         ax.set_xscale("symlog", linthresh=1e-4)
+        ax.set_xlim(left=0)
         ax.set_xlabel("weight error rate p (symlog)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("test accuracy (%), mean over seeds and fault maps")
+    axes[0].set_ylabel("test accuracy (%), mean")
     axes[0].set_title("Hirtzlin flip training (C1, C2)")
     axes[1].set_title("straight-through flip training (C3)")
     fig.tight_layout()
@@ -152,13 +153,16 @@ def _plot_losses(histories: dict[str, list[list[float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    styles: dict[str, int] = {}
     for name, runs in histories.items():
         method = name.split()[0]
         length = min(len(h) for h in runs)
         if length == 0:
             continue
         mean = np.mean([h[:length] for h in runs], axis=0)
-        ax.plot(np.arange(1, length + 1), mean, color=_COLORS[method], alpha=0.8, label=name)
+        style = ("-", "--", ":", "-.")[styles.setdefault(method, 0) % 4]
+        styles[method] += 1
+        ax.plot(np.arange(1, length + 1), mean, style, color=_COLORS[method], alpha=0.8, label=name)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training objective (mean over seeds)")
@@ -184,7 +188,7 @@ def _model_table(
         "| model group | seeds | epochs | train s | final train loss | last-10% change "
         "| clean acc | " + " | ".join(f"acc@{p:g}" for p in rates) + " | BET area | metric `bet` |"
     )
-    lines = [head, "|" + "---|" * (10 + len(rates))]
+    lines = [head, "|" + "---|" * (9 + len(rates))]
     for name, models in _groups(records).items():
         change = []
         for h in histories.get(name, []):
@@ -250,8 +254,7 @@ def write_report(
         "|---|---|---|",
     ]
     for c in claims:
-        key_row = next((r for r in c.rows if r["value"]), {"quantity": "–", "value": ""})
-        lines.append(f"| {c.key} | **{c.verdict}** | {key_row['quantity']}: {key_row['value']} |")
+        lines.append(f"| {c.key} | **{c.verdict}** | {c.summary or '; '.join(c.notes) or '–'} |")
     lines += [
         "",
         "## Setup",
