@@ -30,6 +30,35 @@ _EXPORTS: dict[str, str] = {
     "MNISTDataModule": "lightning_bet.data.idx",
     "FashionMNISTDataModule": "lightning_bet.data.idx",
     "CIFAR10DataModule": "lightning_bet.data.cifar",
+    # faults and training for bit error tolerance
+    "FaultModel": "lightning_bet.functional.faults",
+    "sample_fault_indices": "lightning_bet.functional.faults",
+    "BitFlipTraining": "lightning_bet.callbacks.bitflip",
+    "MarginRegularization": "lightning_bet.callbacks.margin_regularization",
+    "modified_hinge_loss": "lightning_bet.functional.losses",
+    "margin_cross_entropy": "lightning_bet.functional.losses",
+    # measuring bit error tolerance
+    "BitErrorTolerance": "lightning_bet.metrics",
+    "BetLogging": "lightning_bet.callbacks.bet_logging",
+    "SweepCallback": "lightning_bet.callbacks.sweep",
+    "SweepResult": "lightning_bet.sweep",
+    "sweep": "lightning_bet.sweep",
+    "bet_area": "lightning_bet.sweep",
+    # edge export
+    "DeployModel": "lightning_bet.deploy.model",
+    "DeployLayer": "lightning_bet.deploy.model",
+    "DeployModule": "lightning_bet.deploy.fold",
+    "to_deploy": "lightning_bet.deploy.fold",
+    "deploy_forward": "lightning_bet.deploy.fold",
+    "BitstreamError": "lightning_bet.deploy.bitstream",
+    "write_bitstream": "lightning_bet.deploy.bitstream",
+    "read_bitstream": "lightning_bet.deploy.bitstream",
+    "run_bitstream": "lightning_bet.deploy.interpreter",
+    "emulate": "lightning_bet.deploy.emulate",
+    "write_c_package": "lightning_bet.deploy.c_header",
+    "run_c": "lightning_bet.deploy.c_runner",
+    "write_tflite": "lightning_bet.deploy.tflite_export",
+    "run_tflite": "lightning_bet.deploy.tflite_export",
 }
 
 __all__ = sorted(_EXPORTS)
