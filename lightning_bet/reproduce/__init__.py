@@ -68,7 +68,7 @@ def reproduce(
     """
     from lightning_bet.reproduce.claims import analyze, to_records
     from lightning_bet.reproduce.models import DATASETS, METHODS, build_model_set
-    from lightning_bet.reproduce.report import expected_runtime, write_report
+    from lightning_bet.reproduce.report import write_report
     from lightning_bet.reproduce.run import BET_AREA_GRID, DEFAULT_ERROR_RATES, run_model_set
 
     start = time.perf_counter()
@@ -123,7 +123,6 @@ def reproduce(
         "error_rates": rates,
         "wall_seconds": wall,
         "train_seconds": sum(r.train_seconds for r in records),
-        "expected_seconds": None if dataset == "digits" else expected_runtime(specs, config),
     }
     path = write_report(out, config, records, claims, histories, settings)
     summary = {

@@ -48,8 +48,18 @@ class DatasetConfig:
         lr_step_size: the recipe's StepLR period at ``epochs``; scaled with the epochs so that
             every model sees the same learning-rate schedule shape.
         needs_data_dir: the dataset is read from files (``--data-dir``).
-        seconds_per_epoch: rough time of one plain epoch on the reference hardware (for the
-            expected runtime in the report; flip training costs a little more per epoch).
+        seconds_per_epoch: rough time of one plain epoch (for the expected runtime in the
+            report). Digits: measured, one thread of a shared 2-core CPU (0.17 s, Lightning
+            overhead included). MNIST/FashionMNIST: *assumed* 2 s on one GPU (215 steps of 256
+            samples; not measured, no GPU was available); one training step of the FCNN
+            784-2048-2048-10 measured 0.54 s on one thread of the shared 2-core CPU, i.e. about
+            115 s per epoch there.
+        flip_seconds_per_p: extra seconds of a flip-training epoch per unit of the training
+            error rate (drawing the fault maps costs time proportional to the flips, on the CPU
+            even when the model trains on a GPU). Digits: measured (1.9 s). MNIST/FashionMNIST:
+            50 s, from sampling the maps of the FCNN's 5.8M weights measured at 24/55/138 ms
+            per step at p = 0.05/0.15/0.3 on one contended CPU thread (about half that assumed
+            on an idle machine), times 215 steps.
 
     """
 
@@ -61,10 +71,13 @@ class DatasetConfig:
     lr_step_size: int
     needs_data_dir: bool
     seconds_per_epoch: float
+    flip_seconds_per_p: float
 
 
 DATASETS: dict[str, DatasetConfig] = {
-    "digits": DatasetConfig("digits", RECIPES / "digits_fcnn.yaml", (), 60, 120, 20, False, 0.12),
+    "digits": DatasetConfig(
+        "digits", RECIPES / "digits_fcnn.yaml", (), 60, 120, 20, False, 0.17, 1.9
+    ),
     "mnist": DatasetConfig(
         "mnist",
         RECIPES / "fashion_fcnn.yaml",
@@ -73,10 +86,11 @@ DATASETS: dict[str, DatasetConfig] = {
         200,
         25,
         True,
-        4.0,
+        2.0,
+        50.0,
     ),
     "fashion_mnist": DatasetConfig(
-        "fashion_mnist", RECIPES / "fashion_fcnn.yaml", (), 100, 200, 25, True, 4.0
+        "fashion_mnist", RECIPES / "fashion_fcnn.yaml", (), 100, 200, 25, True, 2.0, 50.0
     ),
 }
 
