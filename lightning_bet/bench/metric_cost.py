@@ -5,7 +5,9 @@ trained-like BatchNorm statistics, on 2,560 random "binary-ish" images (each pix
 few grey levels in between, quantized to 1/16), batch 256, i.e. 10 validation steps per epoch.
 Two trainers, one with :class:`~lightning_bet.callbacks.bet_logging.BetLogging` and one without,
 run ``trainer.validate`` alternately (interleaved repetitions in one process); the reported ratio
-is the median time with the metric over the median time without.
+is the median time with the metric over the median time without; ``hook_share`` (median time
+spent inside the callback's hooks over the median epoch without the metric) is reported next to
+it because on a busy shared CPU the ratio of two noisy wall times can swing by more than 10%.
 
 Run: ``python -m lightning_bet.bench.metric_cost`` or ``lightning-bet bench metric_cost``.
 """
@@ -36,7 +38,7 @@ def _data(samples: int, seed: int) -> torch.utils.data.TensorDataset:
 
 def run(
     out_dir: str | os.PathLike = "runs/bench",
-    repeats: int = 7,
+    repeats: int = 11,
     samples: int = 2560,
     batch_size: int = 256,
     hidden: tuple[int, ...] = (2048, 2048),
@@ -79,18 +81,39 @@ def run(
             enable_checkpointing=False,
         )
 
-    with_metric, without = trainer([BetLogging()]), trainer([])
+    class TimedBetLogging(BetLogging):
+        """BetLogging that also adds up the time spent in its own hooks."""
+
+        seconds = 0.0
+
+        def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            super().on_validation_batch_end(*args, **kwargs)
+            TimedBetLogging.seconds += time.perf_counter() - start
+
+        def on_validation_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            super().on_validation_epoch_end(*args, **kwargs)
+            TimedBetLogging.seconds += time.perf_counter() - start
+
+    with_metric, without = trainer([TimedBetLogging()]), trainer([])
     times: dict[str, list[float]] = {"with": [], "without": []}
+    hook_seconds: list[float] = []
     for i in range(repeats + 1):  # the first round warms up and is dropped
         order = [("with", with_metric), ("without", without)]
         for name, tr in order if i % 2 == 0 else order[::-1]:
+            TimedBetLogging.seconds = 0.0
             start = time.perf_counter()
             tr.validate(module, loader, verbose=False)
             if i > 0:
                 times[name].append(time.perf_counter() - start)
+                if name == "with":
+                    hook_seconds.append(TimedBetLogging.seconds)
     t_with, t_without = statistics.median(times["with"]), statistics.median(times["without"])
     result = {
         "ratio": t_with / t_without,
+        # less noise-sensitive: time inside the metric's hooks over the epoch without them
+        "hook_share": statistics.median(hook_seconds) / t_without,
         "seconds_with": t_with,
         "seconds_without": t_without,
         "repeats": repeats,

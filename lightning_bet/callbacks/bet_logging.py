@@ -29,10 +29,9 @@ class BetLogging(Callback):
         prefix: logging key of the scalar; per-layer keys are ``f"{prefix}/{name}"``.
         per_layer: also log the per-layer values.
         samples_per_batch: use only the first this many samples of each validation batch
-            (``None``: all). Margin statistics need far fewer samples than accuracy does; the
-            default bounds the metric's cost to a few percent of the validation epoch (see
-            ``lightning_bet/bench/metric_cost.py``) while still seeing ``64 *`` the number of
-            validation batches samples per epoch.
+            (``None``: all). Margin statistics need far fewer samples than accuracy does
+            (32 samples x 2048 neurons per batch); the default bounds the metric's cost to a few
+            percent of the validation epoch (``lightning_bet/bench/metric_cost.py``).
 
     Example:
         >>> trainer = L.Trainer(callbacks=[BetLogging()])  # doctest: +SKIP
@@ -45,7 +44,7 @@ class BetLogging(Callback):
         quantiles: Sequence[float] = (0.01, 0.05, 0.1),
         prefix: str = "val/bet",
         per_layer: bool = True,
-        samples_per_batch: int | None = 64,
+        samples_per_batch: int | None = 32,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"Expected `prefix` to be a non-empty string, but got {prefix!r}")
