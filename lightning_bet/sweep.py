@@ -25,6 +25,7 @@ import argparse
 import copy
 import csv
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "bet_area",
     "cli_main",
     "demo_measure",
+    "fault_family",
     "fault_maps",
     "naive_accuracy",
     "sweep",
@@ -460,6 +462,38 @@ def demo_measure(model_module: nn.Module, datamodule: Any, out_dir: str | os.Pat
     return {"bet": values["bet"], "metric": values, "sweep": result.to_dict(), "files": files}
 
 
+def fault_family(spec: str) -> Callable[[float], FaultModel]:
+    """A ``p -> FaultModel`` family from its command-line name.
+
+    - ``"symmetric"``: every bit flips with probability ``p``;
+    - ``"asymmetric:R"``: a stored 0 (+1) reads 1 with probability ``p``, a stored 1 reads 0
+      with ``R * p`` (``R * p`` capped at 1);
+    - ``"stuck_at_0"`` / ``"stuck_at_1"``: a fraction ``p`` of the cells reads a fixed bit.
+
+    Raises:
+        ValueError: unknown name or a bad ratio.
+
+    """
+    if spec == "symmetric":
+        return _symmetric
+    if spec in ("stuck_at_0", "stuck_at_1"):
+        return lambda p: FaultModel(**{spec: p})
+    if spec.startswith("asymmetric:"):
+        try:
+            ratio = float(spec.split(":", 1)[1])
+        except ValueError:
+            ratio = float("nan")
+        if not ratio >= 0 or math.isinf(ratio):
+            raise ValueError(
+                f"Expected `--fault asymmetric:R` with a finite ratio R >= 0, but got {spec!r}"
+            )
+        return lambda p: FaultModel(p01=p, p10=min(ratio * p, 1.0))
+    raise ValueError(
+        "Expected `--fault` to be 'symmetric', 'asymmetric:R', 'stuck_at_0' or 'stuck_at_1', "
+        f"but got {spec!r}"
+    )
+
+
 def _parse_float_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -523,9 +557,15 @@ def cli_main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--realizations", "-R", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--semantics", choices=SEMANTICS, default="fixed")
+    parser.add_argument(
+        "--fault",
+        default="symmetric",
+        help="fault family: symmetric | asymmetric:R (p10 = R p01) | stuck_at_0 | stuck_at_1",
+    )
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args(list(argv) if argv is not None else None)
+    family = fault_family(args.fault)
     module, datamodule = load_checkpoint_with_config(args.ckpt, args.config)
     datamodule.setup("test")
     loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
@@ -536,10 +576,13 @@ def cli_main(argv: Sequence[str] | None = None) -> dict:
         realizations=args.realizations,
         seed=args.seed,
         semantics=args.semantics,
+        fault_model=family,
         batch_size=args.batch_size,
         progress=True,
     )
-    result.config.update({"ckpt": args.ckpt, "config": args.config, "split": args.split})
+    result.config.update(
+        {"ckpt": args.ckpt, "config": args.config, "split": args.split, "fault": args.fault}
+    )
     files = write_outputs(result, args.out)
     print(result.to_markdown())
     print(f"wrote {', '.join(files.values())}")

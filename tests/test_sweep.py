@@ -240,13 +240,25 @@ def test_cli_writes_outputs(tmp_path, capsys):
     result = cli_main(
         [
             "--ckpt", str(ckpt), "--config", "recipes/digits_fcnn.yaml", "--out", str(out),
-            "--error-rates", "0,0.05", "-R", "2",
+            "--error-rates", "0,0.05", "-R", "2", "--fault", "asymmetric:0.5",
         ]
     )  # fmt: skip
     assert result["result"]["error_rates"] == [0.0, 0.05]
     for name in ("sweep.csv", "sweep.png", "sweep.md", "sweep.json"):
         assert (out / name).exists()
     assert "BET area" in capsys.readouterr().out
+
+
+def test_fault_family_names():
+    from lightning_bet.sweep import fault_family
+
+    assert fault_family("symmetric")(0.1) == FaultModel(p=0.1)
+    assert fault_family("asymmetric:0.5")(0.1) == FaultModel(p01=0.1, p10=0.05)
+    assert fault_family("stuck_at_1")(0.2) == FaultModel(stuck_at_1=0.2)
+    with pytest.raises(ValueError, match="Expected `--fault` to be 'symmetric'"):
+        fault_family("gaussian")
+    with pytest.raises(ValueError, match="with a finite ratio R >= 0, but got 'asymmetric:x'"):
+        fault_family("asymmetric:x")
 
 
 def test_cli_rejects_mismatched_checkpoint(tmp_path):
