@@ -64,12 +64,19 @@ def make_step(
 
 def _interleaved(
     steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 2
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median step time of every configuration and median paired ratio to the first one.
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Median wall time per configuration, and median paired wall and CPU-time ratios.
 
     Every repetition runs, for each configuration in a rotating order, an adjacent pair
     (baseline, configuration) whose order alternates between repetitions; the ratio of the two
-    adjacent steps is robust to the load of a shared machine changing over time.
+    adjacent steps is robust to the load of a shared machine changing over time. The CPU time of
+    the process (all threads) is measured too: on a machine shared with other jobs it is much
+    less disturbed than the wall time.
+
+    Returns:
+        ``(median wall seconds per name, median paired wall ratio per non-baseline name,
+        median paired CPU-time ratio per non-baseline name)``.
+
     """
     names = list(steps)
     base_name, others = names[0], names[1:]
@@ -77,14 +84,15 @@ def _interleaved(
         for name in names:
             steps[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    ratios: dict[str, list[float]] = {name: [] for name in others}
+    wall: dict[str, list[float]] = {name: [] for name in others}
+    cpu: dict[str, list[float]] = {name: [] for name in others}
 
-    def timed(name: str) -> float:
-        start = time.perf_counter()
+    def timed(name: str) -> tuple[float, float]:
+        start, start_cpu = time.perf_counter(), time.process_time()
         steps[name]()
-        elapsed = time.perf_counter() - start
+        elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
         times[name].append(elapsed)
-        return elapsed
+        return elapsed, elapsed_cpu
 
     for rep in range(repeats):
         shift = rep % len(others)
@@ -93,9 +101,14 @@ def _interleaved(
                 other, base = timed(name), timed(base_name)
             else:
                 base, other = timed(base_name), timed(name)
-            ratios[name].append(other / base)
+            wall[name].append(other[0] / base[0])
+            cpu[name].append(other[1] / base[1])
     medians = {name: statistics.median(values) for name, values in times.items()}
-    return medians, {name: statistics.median(values) for name, values in ratios.items()}
+    return (
+        medians,
+        {name: statistics.median(values) for name, values in wall.items()},
+        {name: statistics.median(values) for name, values in cpu.items()},
+    )
 
 
 def run(
@@ -117,8 +130,8 @@ def run(
     Returns:
         ``{"ratio_p0.01": ..., "ratio_p0.1": ..., "by_width": {width: {...}}, ...}``: headline
         (median paired) ratios at ``widths[0]`` and ``variants[0]``; per width the baseline median
-        step time in ms, and for every variant and rate the median paired ratio and the ratio of
-        medians.
+        step time in ms, and for every variant and rate the median paired wall ratio, the ratio of
+        the medians and the median paired CPU-time ratio (``cpu_ratio_*``).
 
     """
     from tqdm.auto import tqdm
@@ -130,13 +143,24 @@ def run(
         for variant in variants:
             for p in rates:
                 steps[f"{variant}_p{p:g}"] = make_step(width, p, variant)
-        medians, paired = _interleaved(steps, repeats)
+        medians, paired, cpu = _interleaved(steps, repeats)
         base = medians["baseline"]
         entry = {"baseline_ms": round(base * 1e3, 3)}
         for name, ratio in paired.items():
             entry[f"ratio_{name}"] = round(ratio, 4)
             entry[f"ratio_of_medians_{name}"] = round(medians[name] / base, 4)
-            rows.append((width, name, base * 1e3, medians[name] * 1e3, medians[name] / base, ratio))
+            entry[f"cpu_ratio_{name}"] = round(cpu[name], 4)
+            rows.append(
+                (
+                    width,
+                    name,
+                    base * 1e3,
+                    medians[name] * 1e3,
+                    medians[name] / base,
+                    ratio,
+                    cpu[name],
+                )
+            )
         by_width[str(width)] = entry
     head = by_width[str(widths[0])]
     result: dict[str, Any] = {f"ratio_p{p:g}": head[f"ratio_{variants[0]}_p{p:g}"] for p in rates}
@@ -152,12 +176,12 @@ def run(
     )
     print(
         f"{'width':>6} {'configuration':<24} {'base ms':>9} {'flip ms':>9} "
-        f"{'ratio of medians':>17} {'median paired ratio':>20}"
+        f"{'ratio of medians':>17} {'paired ratio':>13} {'paired CPU ratio':>17}"
     )
-    for width, name, base_ms, flip_ms, of_medians, ratio in rows:
+    for width, name, base_ms, flip_ms, of_medians, ratio, cpu_ratio in rows:
         print(
             f"{width:>6} {name:<24} {base_ms:>9.2f} {flip_ms:>9.2f} {of_medians:>17.3f} "
-            f"{ratio:>20.3f}"
+            f"{ratio:>13.3f} {cpu_ratio:>17.3f}"
         )
     update_results(out_dir, {"flip_overhead": result})
     return result
