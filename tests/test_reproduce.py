@@ -63,14 +63,19 @@ def test_end_to_end_report_has_every_claim_with_a_verdict(tiny_run):
 def test_second_invocation_skips_finished_models(tiny_run):
     out, first = tiny_run
     before = {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.ckpt")}
+    old = json.loads((out / "claims.json").read_text())
     (out / "models" / "plain-s0" / "result.json").unlink()  # interrupted after training
     second = cli_main([*TINY, "--out", str(out)])
     assert second["statuses"].pop("plain-s0") == "evaluated"
     assert set(second["statuses"].values()) == {"skipped"}
     after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/model.ckpt")}
     assert after == before  # nothing retrained
-    old = json.loads((out / "claims.json").read_text())
-    assert [c["verdict"] for c in old["claims"]] == [c.verdict for c in second["claims"]]
+    log = json.loads((out / "invocations.json").read_text())
+    assert [entry["models"] for entry in log] == [{"trained": 8}, {"evaluated": 1, "skipped": 7}]
+    # re-evaluating from the checkpoint gives the same numbers (same weights, same fault maps)
+    assert [(c["verdict"], c["rows"]) for c in old["claims"]] == [
+        (c.verdict, c.rows) for c in second["claims"]
+    ]
 
 
 def _record(method, seed, accuracy, area=0.8, metric=0.9, **kw):

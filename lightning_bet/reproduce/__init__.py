@@ -72,6 +72,7 @@ def reproduce(
     from lightning_bet.reproduce.run import BET_AREA_GRID, DEFAULT_ERROR_RATES, run_model_set
 
     start = time.perf_counter()
+    command = command or f"lightning-bet reproduce --dataset {dataset} --out {out}"
     if dataset not in DATASETS:
         raise ValueError(f"Expected `dataset` to be one of {list(DATASETS)}, but got {dataset!r}")
     config = DATASETS[dataset]
@@ -114,8 +115,22 @@ def reproduce(
     for run in runs:
         histories.setdefault(run["spec"].group, []).append(run["train"]["loss_history"])
     wall = time.perf_counter() - start
+    log_path = out / "invocations.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else []
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run["status"]] = counts.get(run["status"], 0) + 1
+    log.append(
+        {
+            "command": command,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "wall_seconds": round(wall, 1),
+            "models": counts,
+        }
+    )
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
     settings = {
-        "command": command or f"lightning-bet reproduce --dataset {dataset} --out {out}",
+        "command": command,
         "n_test": n_test,
         "n_val": runs[0]["result"]["n_val"],
         "realizations": realizations,
@@ -123,6 +138,7 @@ def reproduce(
         "error_rates": rates,
         "wall_seconds": wall,
         "train_seconds": sum(r.train_seconds for r in records),
+        "invocations": log,
     }
     path = write_report(out, config, records, claims, histories, settings)
     summary = {

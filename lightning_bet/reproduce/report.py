@@ -229,6 +229,14 @@ def _runtime_section(dataset: DatasetConfig, settings: dict[str, Any]) -> list[s
         f"({settings['wall_seconds'] / 60:.1f} min); model training summed over the models: "
         f"{settings['train_seconds']:.0f} s.",
         "",
+    ]
+    if settings.get("invocations"):
+        lines += ["| invocation finished | wall | models |", "|---|---|---|"]
+        for entry in settings["invocations"]:
+            models = ", ".join(f"{v} {k}" for k, v in sorted(entry["models"].items()))
+            lines.append(f"| {entry['finished']} | {entry['wall_seconds']:.0f} s | {models} |")
+        lines.append("")
+    lines += [
         "Expected training time of the default model set (3 seeds, 33 models) per dataset: "
         "epochs x (s per plain epoch + p_train x extra s per flip epoch per unit p); sweeps and "
         "the metric add minutes:",
@@ -266,7 +274,8 @@ def write_report(
         histories: ``{model group: [per-epoch training objective of each seed]}``.
         settings: how the run was made: ``command``, ``n_test``, ``n_val``, ``realizations``,
             ``sweep_seed``, ``error_rates``, ``wall_seconds`` (of this invocation),
-            ``train_seconds`` (sum over models, also those trained by earlier invocations).
+            ``train_seconds`` (sum over models, also those trained by earlier invocations),
+            ``invocations`` (optional: the log of every invocation on this folder).
 
     """
     out.mkdir(parents=True, exist_ok=True)
@@ -317,8 +326,7 @@ def write_report(
         "area over the METHOD §6 grid (0 ... 0.1).",
         "- Metric: `BitErrorTolerance` scalar `bet` = 1 - mean predicted neuron flip rate over the "
         "hidden layers at p in {0.005, 0.01, 0.02, 0.05, 0.1} (no fault injection).",
-        f"- Time: this invocation {settings['wall_seconds']:.0f} s wall; training of all models "
-        f"{settings['train_seconds']:.0f} s (summed over the invocations that trained them).",
+        "- Time: see [Runtime](#runtime).",
         "",
         "## Models",
         "",
