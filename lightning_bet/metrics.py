@@ -136,10 +136,16 @@ class BitErrorTolerance(Metric):
     """Margin-based bit error tolerance of a BNN, without fault injection (METHOD §4).
 
     For every hidden layer ``l`` (fan-in ``n``) and every neuron output of every sample:
-    normalized margin ``m / sqrt(n)``, tolerated flips ``t`` (exact for binary inputs, a
-    worst-case lower bound for the real-valued first layer) and the analytic probability that
-    the output changes at each error rate in ``error_rates``. For the output layer: the margin
-    ``a_y - max_{c != y} a_c`` normalized by ``sqrt(n)``.
+    normalized margin ``m / sqrt(n)``, tolerated flips ``t`` (exact for binary inputs; for the
+    real-valued first layer the guaranteed count ``t = max k with 2 k max_i |x_i| within the
+    margin``, a lower bound) and the analytic probability that the output changes at each error
+    rate in ``error_rates`` (lattice form with continuity correction for binary inputs, the
+    continuous METHOD §4 formula with ``sum_i x_i^2`` for real inputs). For the output layer:
+    the margin ``a_y - max_{c != y} a_c`` normalized by ``sqrt(n)``.
+
+    Cost: the statistics are a few dozen elementwise passes per layer, run single-threaded
+    (see ``_single_thread``); :class:`~lightning_bet.callbacks.bet_logging.BetLogging` reuses
+    the validation forward pass and by default feeds 32 samples per batch.
 
     ``compute()`` returns a flat dict of 0-dim tensors:
 
