@@ -80,7 +80,7 @@ def binary_preactivation(x: Tensor, weight: Tensor) -> Tensor:
 
     Example:
         >>> binary_preactivation(torch.tensor([[1.0, -1.0, 1.0]]), torch.tensor([[0.3, 0.0, -2.0]]))
-        tensor([[-2]])
+        tensor([[-1]])
 
     """
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
