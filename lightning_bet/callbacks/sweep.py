@@ -23,6 +23,10 @@ class SweepCallback(Callback):
     rate) through the LightningModule's logger, and keeps the last result in ``self.result``.
     With ``out_dir`` it also writes the CSV, PNG, Markdown and JSON files there.
 
+    Under DDP every rank sweeps the data it is given (by default its shard of the validation
+    loader) and rank 0 logs and writes its result; pass ``data`` (the full split as ``(x, y)``)
+    to sweep the same samples on every rank.
+
     Args:
         error_rates: the grid (default: METHOD §6).
         realizations: fault maps per error rate.
