@@ -260,6 +260,31 @@ def _dips(
     return out
 
 
+def _rise_rows(records: Sequence[ModelRecord], method: str) -> list[dict[str, str]]:
+    """Descriptive rows: the largest seed-mean rise ``acc(p) - acc(0)`` over ``0 < p <= p_train``.
+
+    Chosen after looking at the curve (a maximum over the grid), so it carries no verdict; it
+    shows whether the curve has a dip anywhere below the training rate, not only at it.
+    """
+    rows = []
+    for p_train in sorted({r.p_train for r in records if r.method == method and r.p_train}):
+        models = list(_by_seed(records, method, p_train=p_train).values())
+        grid = [p for p in models[0].error_rates if 0 < p <= p_train]
+        if not grid:
+            continue
+        rise = {p: float(np.mean([m.at(p) - m.at(0.0) for m in models])) for p in grid}
+        best = max(rise, key=rise.get)
+        rows.append(
+            {
+                "quantity": f"{method} p={p_train:g}: largest mean rise acc(p) - acc(0) over "
+                f"0 < p <= {p_train:g} (descriptive, no verdict)",
+                "value": f"{100 * rise[best]:+.2f} pt at p={best:g}",
+                "verdict": "",
+            }
+        )
+    return rows
+
+
 def claim_c2(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
     """C2: Hirtzlin flip training raises tolerance, but dips below the training rate."""
     result = ClaimResult(
@@ -314,6 +339,7 @@ def claim_c2(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
             }
         )
     part_b = _combine_any(dip_verdicts) if dip_verdicts else "inconclusive"
+    result.rows.extend(_rise_rows(records, "hirtzlin"))
     result.rows.append({"quantity": "(a) tolerance raised", "value": "", "verdict": part_a})
     result.rows.append(
         {"quantity": "(b) dip below the training rate", "value": "", "verdict": part_b}
@@ -375,6 +401,7 @@ def claim_c3(records: Sequence[ModelRecord], n_test: int) -> ClaimResult:
     result.summary = "; ".join(
         f"{r['quantity'].split(':')[0]}: {r['value']}" for r in result.rows if r["verdict"]
     )
+    result.rows.extend(_rise_rows(records, "straight_through"))
     if not verdicts:
         result.notes.append("Not measurable: needs paired models of at least 2 seeds.")
     return result
