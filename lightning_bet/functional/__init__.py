@@ -1,14 +1,47 @@
-"""Pure tensor functions: binarization, fault models, margins, losses. No state, no Lightning."""
+"""Pure tensor functions: binarization, fault models, margins, penalties, losses.
+
+No state, no Lightning: the callbacks and the metric are thin wrappers around these.
+"""
 
 from lightning_bet.functional.binarize import binarize_activation, binarize_weight, sign
+from lightning_bet.functional.faults import (
+    FaultModel,
+    derive_seed,
+    make_generator,
+    sample_fault_indices,
+    sample_positions,
+)
 from lightning_bet.functional.losses import margin_cross_entropy, modified_hinge_loss
-from lightning_bet.functional.margins import fold_batchnorm
+from lightning_bet.functional.margins import (
+    binary_preactivation,
+    decision_side,
+    flip_probability,
+    fold_batchnorm,
+    neuron_margins,
+    output_margin,
+    tolerated_flips,
+    tolerated_flips_real,
+)
+from lightning_bet.functional.penalties import margin_penalty
 
 __all__ = [
+    "FaultModel",
     "binarize_activation",
     "binarize_weight",
+    "binary_preactivation",
+    "decision_side",
+    "derive_seed",
+    "flip_probability",
     "fold_batchnorm",
+    "make_generator",
     "margin_cross_entropy",
+    "margin_penalty",
     "modified_hinge_loss",
+    "neuron_margins",
+    "output_margin",
+    "sample_fault_indices",
+    "sample_positions",
     "sign",
+    "tolerated_flips",
+    "tolerated_flips_real",
 ]
