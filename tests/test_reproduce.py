@@ -197,3 +197,35 @@ def test_standard_datasets_configure_their_datamodules(tmp_path, dataset, module
     )
     assert cli.trainer.max_epochs == 200 and cli.model.hparams.lr_step_size == 50
     assert tuple(cli.model.hparams.input_shape) == (1, 28, 28)
+
+
+def test_c2_c3_detect_a_dip_only_in_hirtzlin():
+    from lightning_bet.reproduce.claims import claim_c2, claim_c3
+
+    rates = (0.0, 0.04, 0.1)
+
+    def rec(method, seed, acc, p_train=None):
+        return ModelRecord(
+            method, "", seed, p_train, None, rates, np.asarray(acc), 0.8, 0.9, 0.1, 1.0, 1
+        )
+
+    noise = [0.0, 0.002, -0.002]
+    records = []
+    for s, e in enumerate(noise):
+        records.append(rec("plain", s, [0.95 + e, 0.80 + e, 0.50 + e]))
+        # Hirtzlin at 0.1: 5 points better at 0.1 than clean (a dip below the training rate)
+        records.append(rec("hirtzlin", s, [0.85 + e, 0.88 + e, 0.90 + e], p_train=0.1))
+        # straight-through at 0.1: flat, no dip
+        records.append(rec("straight_through", s, [0.92 + e, 0.92 + e, 0.91 - e], p_train=0.1))
+    c2 = claim_c2(records, 10_000)
+    assert c2.verdict == "supported"
+    assert c2.rows[0]["value"].startswith("+8.00 pt")  # 0.88 - 0.80 at p = 0.04
+    c3 = claim_c3(records, 10_000)
+    assert c3.verdict == "supported"
+    assert c3.rows[0]["value"].startswith("+6.")  # dips +5 pt vs -1 pt (seed noise aside)
+    # straight-through with the same dip as Hirtzlin: no difference to support C3
+    same = [r for r in records if r.method != "straight_through"] + [
+        rec("straight_through", s, [0.85 + e, 0.88 + e, 0.90 + e], p_train=0.1)
+        for s, e in enumerate(noise)
+    ]
+    assert claim_c3(same, 10_000).verdict == "inconclusive"  # zero difference: below resolution
