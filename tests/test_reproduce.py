@@ -73,9 +73,21 @@ def test_second_invocation_skips_finished_models(tiny_run):
     log = json.loads((out / "invocations.json").read_text())
     assert [entry["models"] for entry in log] == [{"trained": 8}, {"evaluated": 1, "skipped": 7}]
     # re-evaluating from the checkpoint gives the same numbers (same weights, same fault maps)
+    # (and a changed training setting retrains instead of reusing a checkpoint)
     assert [(c["verdict"], c["rows"]) for c in old["claims"]] == [
         (c.verdict, c.rows) for c in second["claims"]
     ]
+    args = [a if a != "plain,hirtzlin,straight_through,margin" else "plain" for a in TINY]
+    third = cli_main(
+        [
+            *args[: args.index("--epochs") + 1],
+            "2",
+            *args[args.index("--epochs") + 2 :],
+            "--out",
+            str(out),
+        ]
+    )
+    assert third["statuses"] == {"plain-s0": "trained", "plain-s1": "trained"}
 
 
 def _record(method, seed, accuracy, area=0.8, metric=0.9, **kw):

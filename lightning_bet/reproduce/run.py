@@ -358,6 +358,13 @@ def run_model_set(
         torch.set_num_threads(previous)
 
 
+def _trained_as(model_dir: Path, spec: ModelSpec) -> bool:
+    """Whether ``model_dir`` holds a checkpoint trained for exactly this spec (epochs included)."""
+    if not (model_dir / "model.ckpt").exists() or not (model_dir / "train.json").exists():
+        return False
+    return json.loads((model_dir / "train.json").read_text()).get("spec") == spec.to_dict()
+
+
 def _run(
     specs: Sequence[ModelSpec],
     dataset: DatasetConfig,
@@ -377,7 +384,7 @@ def _run(
         model_dir = out / "models" / spec.name
         key = _evaluation_key(spec, error_rates, realizations, sweep_seed)
         result_path = model_dir / "result.json"
-        if result_path.exists() and (model_dir / "train.json").exists():
+        if result_path.exists() and _trained_as(model_dir, spec):
             stored = json.loads(result_path.read_text())
             if stored.get("key") == key:
                 train = json.loads((model_dir / "train.json").read_text())
@@ -385,7 +392,7 @@ def _run(
                     {"spec": spec, "train": train, "result": stored, "status": "skipped"}
                 )
                 continue
-        if (model_dir / "model.ckpt").exists() and (model_dir / "train.json").exists():
+        if _trained_as(model_dir, spec):
             cli, train = _load(spec, dataset, model_dir, data_dir)
             status = "evaluated"
         else:
