@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/lightning-bet bench
+
+reproduce: $(STAMP)
+	$(VENV)/bin/lightning-bet reproduce --dataset digits --out runs/reproduce_digits
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache
