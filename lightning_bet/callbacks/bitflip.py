@@ -48,7 +48,7 @@ VARIANTS = ("straight_through", "hirtzlin")
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
-def check_rate(name: str, value: Any) -> float:
+def _check_rate(name: str, value: Any) -> float:
     """Return ``value`` as a float if it is a real number in [0, 1], else raise ``ValueError``."""
     if (
         isinstance(value, bool)
@@ -159,7 +159,7 @@ class BitFlipTraining(Callback):
         log_rate: bool = True,
     ) -> None:
         if not callable(p):
-            check_rate("p", p)
+            _check_rate("p", p)
         if variant not in VARIANTS:
             raise ValueError(
                 f"Expected `variant` to be one of {list(VARIANTS)}, but got {variant!r}"
@@ -429,7 +429,12 @@ class BitFlipTraining(Callback):
 
 
 class _Negate:
-    """Gradient hook ``g -> g`` with ``g.flatten()[index]`` negated (picklable, no closure)."""
+    """Gradient hook ``g -> g`` with ``g.flatten()[index]`` negated (picklable, no closure).
+
+    It negates in place, O(flips): the incoming gradient of a binary layer's weight is the fresh
+    output of the weight STE's backward (``grad * 1{|W| <= 1}``), referenced by nothing else, so
+    no other consumer sees the change; a dense copy would cost O(weights) per step.
+    """
 
     def __init__(self, index: Tensor) -> None:
         self.index = index

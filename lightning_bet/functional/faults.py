@@ -192,14 +192,16 @@ def _bernoulli_process(
         remaining = numel - 1 - last
         k = int(remaining * p + 6.0 * math.sqrt(remaining * p * (1.0 - p)) + 16)
         u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)
-        steps = torch.log1p(-u).div_(log_q).floor_().add_(1.0)  # G + 1, G ~ Geometric(p)
+        steps = u.neg_().log1p_().div_(log_q).floor_().add_(1.0)  # G + 1, G ~ Geometric(p)
         positions = steps.cumsum_(0).add_(last)
         chunks.append(positions)
         last = float(positions[-1])
         if last >= numel:  # almost always after the first chunk (6 standard deviations)
             break
     positions = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
-    return positions[positions < numel].long()
+    # sorted ascending: the positions inside [0, numel) are a prefix
+    inside = int(torch.searchsorted(positions, torch.tensor([float(numel)], device=device)))
+    return positions[:inside].long()
 
 
 def sample_fault_indices(
