@@ -158,7 +158,8 @@ struct job {
     int32_t *out;
     int batch, rows, words, n, nq;
     int bblock, rblock; /* batch and row block sizes */
-    int nrb;            /* row blocks */
+    int nbb;            /* batch blocks; block i covers batch block i % nbb of
+                         * row block i / nbb, so consecutive blocks share weights */
     long long nblocks;
     long long next; /* next block to take (atomic) */
 };
@@ -222,8 +223,8 @@ static void portable_worker(void *ctx, int tid) {
     struct job *job = (struct job *)ctx;
     (void)tid;
     for (long long blk = take_block(job); blk < job->nblocks; blk = take_block(job)) {
-        const int bb0 = (int)(blk / job->nrb) * job->bblock;
-        const int rb0 = (int)(blk % job->nrb) * job->rblock;
+        const int bb0 = (int)(blk % job->nbb) * job->bblock;
+        const int rb0 = (int)(blk / job->nbb) * job->rblock;
         const int bb1 = bb0 + job->bblock < job->batch ? bb0 + job->bblock : job->batch;
         const int rb1 = rb0 + job->rblock < job->rows ? rb0 + job->rblock : job->rows;
         for (int j0 = rb0; j0 < rb1; j0 += PR) {
@@ -245,7 +246,7 @@ static void portable_worker(void *ctx, int tid) {
 
 #define BB 4   /* inputs per micro tile */
 #define BR 4   /* zmm (8 rows each) per micro tile: 32 rows */
-#define BC 64  /* inputs per block: x block of BC * words * 4 bytes stays in L1 */
+#define BC 64  /* inputs per block (x block of BC * words * 4 bytes) */
 #define RS 256 /* rows per block (multiple of 8 * BR) */
 
 /*
@@ -291,28 +292,22 @@ BDENSE_INLINE void avx512_tile(const uint32_t *xb, size_t xs, const uint64_t *wp
             }
         }
     }
-    /* a = n - 2 * popcount, two accumulators (16 adjacent rows) per store: the
-     * low 32-bit halves of both are gathered into one zmm by a single permute. */
-    const __m512i vn = _mm512_set1_epi32(n);
-    const __m512i lo32 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
-                                           30);
+    const __m512i vn = _mm512_set1_epi64((long long)n);
 #pragma GCC unroll 4
     for (int b = 0; b < BB; ++b) {
         if (b < nb) {
             int32_t *ob = out + (size_t)(b0 + b) * rows;
 #pragma GCC unroll 4
-            for (int r = 0; r < BR; r += 2) {
+            for (int r = 0; r < BR; ++r) {
                 if (r < nr) {
                     const int j = j0 + 8 * r;
-                    const __m512i pc =
-                        r + 1 < nr ? _mm512_permutex2var_epi32(acc[b][r], lo32, acc[b][r + 1])
-                                   : _mm512_permutexvar_epi32(lo32, acc[b][r]);
-                    const __m512i a = _mm512_sub_epi32(vn, _mm512_slli_epi32(pc, 1));
+                    const __m512i a = _mm512_sub_epi64(vn, _mm512_slli_epi64(acc[b][r], 1));
+                    const __m256i a32 = _mm512_cvtepi64_epi32(a);
                     const int left = rows - j;
-                    if (left >= 16) {
-                        _mm512_storeu_si512((void *)(ob + j), a);
+                    if (left >= 8) {
+                        _mm256_storeu_si256((__m256i *)(void *)(ob + j), a32);
                     } else {
-                        _mm512_mask_storeu_epi32(ob + j, (__mmask16)((1u << left) - 1u), a);
+                        _mm256_mask_storeu_epi32(ob + j, (__mmask8)((1u << left) - 1u), a32);
                     }
                 }
             }
@@ -384,8 +379,8 @@ static void avx512_worker(void *ctx, int tid) {
     const size_t xs = job->xs;
     const size_t gs = job->gs;
     for (long long blk = take_block(job); blk < job->nblocks; blk = take_block(job)) {
-        const int bc0 = (int)(blk / job->nrb) * BC;
-        const int rs0 = (int)(blk % job->nrb) * RS;
+        const int bc0 = (int)(blk % job->nbb) * BC;
+        const int rs0 = (int)(blk / job->nbb) * RS;
         const int bc1 = bc0 + BC < job->batch ? bc0 + BC : job->batch;
         const int rs1 = rs0 + RS < job->rows ? rs0 + RS : job->rows;
         for (int j0 = rs0; j0 < rs1; j0 += 8 * BR) {
@@ -449,8 +444,8 @@ static int avx512_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, int
     job.nq = nq;
     job.bblock = BC;
     job.rblock = RS;
-    job.nrb = (rows + RS - 1) / RS;
-    job.nblocks = (long long)((batch + BC - 1) / BC) * job.nrb;
+    job.nbb = (batch + BC - 1) / BC;
+    job.nblocks = (long long)job.nbb * ((rows + RS - 1) / RS);
     run_threads(avx512_worker, &job, job.nblocks < threads ? (int)job.nblocks : threads);
     free(xcopy);
     free(panel);
@@ -498,8 +493,8 @@ int bdense_popcount_threads(const uint32_t *x, const uint32_t *w, int32_t *out, 
     job.n = n;
     job.bblock = PBC;
     job.rblock = PRS;
-    job.nrb = (rows + PRS - 1) / PRS;
-    job.nblocks = (long long)((batch + PBC - 1) / PBC) * job.nrb;
+    job.nbb = (batch + PBC - 1) / PBC;
+    job.nblocks = (long long)job.nbb * ((rows + PRS - 1) / PRS);
     run_threads(portable_worker, &job, job.nblocks < threads ? (int)job.nblocks : threads);
     return 0;
 #endif
