@@ -124,9 +124,9 @@ def run(
         library: Library to benchmark; default the ``-O3 -march=native`` build.
 
     Returns:
-        ``{"c_kernel": {...}}`` with ``gmacs``, ``fraction_of_peak``,
-        ``peak_gbitops``, ``threads``, their CPU-time counterparts and details
-        (``median_ms``, ``best_ms``, ``repeats``, shapes, ``kernel_path``,
+        The ``c_kernel`` entry, also merged into ``results.json``: ``gmacs``,
+        ``fraction_of_peak``, ``peak_gbitops``, ``threads``, their CPU-time
+        counterparts and details (``median_ms``, ``best_ms``, ``repeats``, shapes, ``kernel_path``,
         ``peak_kind``, ``flags``, ``load_avg_1m``).
 
     Raises:
@@ -214,7 +214,7 @@ def run(
     width = max(len(k) for k, _ in table)
     for k, v in table:
         print(f"  {k:<{width}}  {v}")
-    return {"c_kernel": entry}
+    return entry
 
 
 def main(argv: list[str] | None = None) -> None:
