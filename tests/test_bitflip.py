@@ -576,22 +576,3 @@ def test_flip_overhead_benchmark_writes_results(tmp_path, capsys):
     stored = json.loads((tmp_path / "results.json").read_text())["flip_overhead"]
     assert stored["ratio_p0.1"] == result["ratio_p0.1"]
     assert "hirtzlin_p0.1" in capsys.readouterr().out
-
-
-def test_flip_bookkeeping_restores_the_thread_count():
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        model = one_layer()
-        cb = BitFlipTraining(p=0.5, variant="hirtzlin", log_rate=False)
-        cb.setup(fake_trainer(), model, "fit")
-        cb.flip(0)
-        model(torch.ones(1, 4)).sum().backward()
-        cb.restore()
-        assert torch.get_num_threads() == 2
-        bad = BitFlipTraining(p=lambda epoch: 2.0)
-        with pytest.raises(ValueError, match="schedule"):
-            bad.flip(0)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)

@@ -25,8 +25,7 @@ values (``on_save_checkpoint`` patches its copy without touching the live model)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,25 +84,6 @@ def _describe(item: Any) -> str:
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], nn.Module):
         return f"({type(item[0]).__name__}, {item[1]!r})"
     return repr(item)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the flip bookkeeping on one intra-op thread, then restore the thread count.
-
-    The sampling and scatter ops are small and memory-bound; split over threads they gain little
-    on a quiet machine, and on a shared, oversubscribed one every parallel region waits for a
-    descheduled sibling thread (measured: 5x the CPU time of the one-thread run at p = 0.1).
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -314,8 +294,7 @@ class BitFlipTraining(Callback):
         self.micro_step += 1
         self.last_indices = []
         try:
-            with _one_thread():
-                flips, bits = self._flip_all(model, generator)
+            flips, bits = self._flip_all(model, generator)
         except BaseException:
             self.restore()
             raise
@@ -343,11 +322,10 @@ class BitFlipTraining(Callback):
         flipped, self._flipped = self._flipped, []
         if not flipped:
             return
-        with _one_thread():
-            for entry in flipped:
-                if entry.hook is not None:
-                    entry.hook.remove()
-                restore_(entry.param, entry.index, entry.original)
+        for entry in flipped:
+            if entry.hook is not None:
+                entry.hook.remove()
+            restore_(entry.param, entry.index, entry.original)
 
     @property
     def is_flipped(self) -> bool:
@@ -440,5 +418,4 @@ class _Negate:
         self.index = index
 
     def __call__(self, grad: Tensor) -> Tensor:
-        with _one_thread():
-            return negate_at_(grad, self.index)
+        return negate_at_(grad, self.index)
