@@ -94,7 +94,7 @@ def _train(spec: ModelSpec, epochs: int) -> Any:
         callbacks.append(MarginRegularization(lam=spec.lam, delta=1.0))
     trainer = L.Trainer(
         max_epochs=epochs,
-        accelerator="cpu",
+        accelerator="auto",
         devices=1,
         callbacks=callbacks,
         logger=False,

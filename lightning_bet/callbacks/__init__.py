@@ -1,9 +1,13 @@
-"""Lightning callbacks: fault-injection training and margin regularization."""
+"""Lightning callbacks: flip training, margin regularization, metric logging, fault sweeps."""
 
+from lightning_bet.callbacks.bet_logging import BetLogging
 from lightning_bet.callbacks.bitflip import BitFlipTraining
 from lightning_bet.callbacks.margin_regularization import MarginRegularization
+from lightning_bet.callbacks.sweep import SweepCallback
 
 __all__ = [
+    "BetLogging",
     "BitFlipTraining",
     "MarginRegularization",
+    "SweepCallback",
 ]
