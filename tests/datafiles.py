@@ -18,8 +18,6 @@ N_TRAIN, N_TEST = 20, 7
 CIFAR_BATCH, CIFAR_TEST = 4, 6
 
 
-
-
 def idx_bytes(array: np.ndarray) -> bytes:
     codes = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
     header = bytes([0, 0, codes[array.dtype.type], array.ndim])
@@ -106,5 +104,3 @@ def write_files(directory: Path, contents: dict[str, bytes]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in contents.items():
         (directory / name).write_bytes(data)
-
-
