@@ -485,6 +485,7 @@ def test_ddp_replicas_stay_identical(tmp_path):
         ),
         ({"include_first": 1}, TypeError, r"Expected `include_first` to be a bool, but got 1"),
         ({"seed": 1.5}, TypeError, r"Expected `seed` to be an int, but got 1.5"),
+        ({"prefetch": "yes"}, TypeError, r"Expected `prefetch` to be a bool, but got 'yes'"),
     ],
 )
 def test_invalid_arguments(kwargs, error, message):
@@ -554,6 +555,78 @@ def test_selection_switches():
         False,
         True,
     ]
+
+
+def _flip_run(cb: BitFlipTraining, module: BNNClassifier, plan) -> list[list[torch.Tensor]]:
+    """Drive ``flip``/``restore`` through ``plan`` = [(epoch, rank, jump_to_step or None)]."""
+    seen = []
+    before = params(module)
+    for epoch, rank, jump in plan:
+        if jump is not None:
+            cb.load_state_dict({"micro_step": jump, "seed": cb.seed, "variant": cb.variant})
+        cb.flip(epoch, rank)
+        seen.append([i.clone() for i in cb.last_indices])
+        cb.restore()
+        assert_same_bits(params(module), before)
+    return seen
+
+
+def test_prefetch_gives_the_same_maps_as_direct_sampling():
+    # the schedule switches fault model at epoch 1; micro_step jumps; the rank changes: every
+    # prefetched map that does not match is discarded, every one that does is the same
+    schedule = lambda epoch: (0.05, 0.2, 0.0, 0.3)[epoch]  # noqa: E731
+    plan = [(0, 0, None), (0, 0, None), (1, 0, None), (1, 0, 7), (1, 1, None), (2, 1, None)]
+    plan += [(3, 1, None), (3, 1, None), (3, 0, 2), (3, 0, None)]
+    runs = {}
+    for prefetch in (True, False):
+        module = small_model()
+        cb = BitFlipTraining(p=schedule, seed=3, prefetch=prefetch, log_rate=False)
+        cb.setup(fake_trainer(), module, "fit")
+        runs[prefetch] = _flip_run(cb, module, plan)
+        cb.teardown(fake_trainer(), module, "fit")
+        assert cb._executor is None and cb._pending is None
+    # and both equal the shared core, drawn here independently
+    module = small_model()
+    targets = [m.weight for m in (b.layer for b in module.net.blocks)] + [
+        module.net.head.layer.weight
+    ]
+    step = 0
+    for (epoch, rank, jump), with_prefetch, without in zip(
+        plan, runs[True], runs[False], strict=True
+    ):
+        step = jump if jump is not None else step
+        generator = make_generator(3, "bitflip", rank, step)
+        fault = FaultModel(p=schedule(epoch))
+        expected = [sample_fault_indices(w.detach(), fault, generator) for w in targets]
+        step += 1
+        for a, b, c in zip(with_prefetch, without, expected, strict=True):
+            assert torch.equal(a, c) and torch.equal(b, c)
+    assert sum(i.numel() for maps in runs[True] for i in maps) > 0
+
+
+def test_prefetch_skips_asymmetric_models_and_copies_drop_the_thread():
+    module = small_model()
+    cb = BitFlipTraining(p=0.1, fault={"p01": 1.0, "p10": 0.5}, seed=1, log_rate=False)
+    cb.setup(fake_trainer(), module, "fit")
+    cb.flip(0)
+    assert cb._pending is None  # asymmetric maps depend on the weights at flip time
+    cb.restore()
+    sym = BitFlipTraining(p=0.1, seed=1, log_rate=False)
+    sym.setup(fake_trainer(), module, "fit")
+    sym.flip(0)
+    sym.restore()
+    assert sym._pending is not None
+    clone = copy.deepcopy(sym)  # also what pickling for ddp_spawn goes through
+    assert clone._pending is None and clone._executor is None
+    clone._targets = sym._targets
+    assert clone.micro_step == sym.micro_step == 1
+    clone.flip(0)
+    sym.flip(0)
+    for a, b in zip(clone.last_indices, sym.last_indices, strict=True):
+        assert torch.equal(a, b)
+    sym.restore()
+    clone.restore()
+    sym.teardown(fake_trainer(), module, "fit")
 
 
 def test_state_dict_round_trip():

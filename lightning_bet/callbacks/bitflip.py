@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -119,6 +119,9 @@ class BitFlipTraining(Callback):
             ``make_generator(seed, "bitflip", r, k)`` (a CPU generator, so maps do not depend on
             the device), which makes the maps reproducible and resumable.
         log_rate: log the realized flip rate ``flip/rate`` (and the requested ``flip/p``).
+        prefetch: for symmetric fault models, draw the next micro-batch's fault map in a
+            background thread while the current forward and backward run (the maps are the same
+            as without; a map drawn for another step, rank or fault model is discarded).
 
     Example:
         >>> import lightning as L
@@ -137,6 +140,7 @@ class BitFlipTraining(Callback):
         include_last: bool = True,
         seed: int = 0,
         log_rate: bool = True,
+        prefetch: bool = True,
     ) -> None:
         if not callable(p):
             _check_rate("p", p)
@@ -171,6 +175,7 @@ class BitFlipTraining(Callback):
             ("include_first", include_first),
             ("include_last", include_last),
             ("log_rate", log_rate),
+            ("prefetch", prefetch),
         ):
             if not isinstance(value, bool):
                 raise TypeError(f"Expected `{name}` to be a bool, but got {value!r}")
@@ -189,6 +194,17 @@ class BitFlipTraining(Callback):
         self._flipped: list[_Flipped] = []
         self.last_indices: list[Tensor] = []
         self.last_rate = 0.0
+        #: draw the next symmetric fault map in a background thread (same maps either way).
+        self.prefetch = prefetch
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: tuple[tuple[int, int, FaultModel], Future[list[Tensor]]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # threads do not pickle (``ddp_spawn``, deepcopy); a copy starts without a prefetch
+        state = self.__dict__.copy()
+        state["_executor"] = None
+        state["_pending"] = None
+        return state
 
     @property
     def state_key(self) -> str:  # noqa: D102
@@ -290,27 +306,49 @@ class BitFlipTraining(Callback):
         """
         self.restore()
         model = self.fault_model(epoch)
-        generator = make_generator(self.seed, "bitflip", rank, self.micro_step)
+        key = (rank, self.micro_step, model)
         self.micro_step += 1
         self.last_indices = []
         try:
-            flips, bits = self._flip_all(model, generator)
+            indices = self._take_prefetched(key)
+            if indices is None:
+                indices = _sample_all(self._targets, model, self.seed, rank, key[1])
+            if self.prefetch and model.is_symmetric:
+                # the next map depends only on (seed, rank, step, model, sizes): draw it in the
+                # background while this micro-batch's forward and backward run
+                self._prefetch((rank, self.micro_step, model))
+            flips, bits = self._flip_all(indices)
         except BaseException:
             self.restore()
             raise
         self.last_rate = flips / bits if bits else 0.0
         return self.last_rate
 
-    def _flip_all(self, model: FaultModel, generator: torch.Generator) -> tuple[int, int]:
+    def _take_prefetched(self, key: tuple[int, int, FaultModel]) -> list[Tensor] | None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        pending_key, future = pending
+        if pending_key != key:
+            future.cancel()
+            return None
+        return future.result()
+
+    def _prefetch(self, key: tuple[int, int, FaultModel]) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="bitflip-prefetch")
+        rank, step, model = key
+        future = self._executor.submit(_sample_all, self._targets, model, self.seed, rank, step)
+        self._pending = (key, future)
+
+    def _flip_all(self, indices: list[Tensor]) -> tuple[int, int]:
         flips = bits = 0
-        for _, param in self._targets:
-            index = sample_fault_indices(param.detach(), model, generator)
+        for (_, param), index in zip(self._targets, indices, strict=True):
             self.last_indices.append(index)
             bits += param.numel()
             flips += index.numel()
             if index.numel() == 0:
                 continue
-            index = index.to(param.device)
             entry = _Flipped(param, index, flip_signs_(param, index))
             self._flipped.append(entry)
             if self.variant == "hirtzlin" and param.requires_grad:
@@ -344,6 +382,7 @@ class BitFlipTraining(Callback):
                 "DDP"
             )
         self._targets = self._select(pl_module)
+        self._pending = None  # drawn for the previous targets
 
     def on_train_batch_start(  # noqa: D102
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -384,6 +423,10 @@ class BitFlipTraining(Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
         self.restore()
+        self._pending = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
     def on_save_checkpoint(  # noqa: D102
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -404,6 +447,17 @@ class BitFlipTraining(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
         self.micro_step = int(state_dict["micro_step"])
+
+
+def _sample_all(
+    targets: list[tuple[str, Tensor]], model: FaultModel, seed: int, rank: int, step: int
+) -> list[Tensor]:
+    """The fault indices of every target of micro-batch ``step`` on ``rank`` (one generator)."""
+    generator = make_generator(seed, "bitflip", rank, step)
+    return [
+        sample_fault_indices(param.detach(), model, generator).to(param.device)
+        for _, param in targets
+    ]
 
 
 class _Negate:
