@@ -616,6 +616,8 @@ def test_prefetch_skips_asymmetric_models_and_copies_drop_the_thread():
     sym.flip(0)
     sym.restore()
     assert sym._pending is not None
+    sym.wait_for_prefetch()
+    assert sym._pending[1].done()
     clone = copy.deepcopy(sym)  # also what pickling for ddp_spawn goes through
     assert clone._pending is None and clone._executor is None
     clone._targets = sym._targets

@@ -5,10 +5,11 @@ One training step is what Lightning runs per batch: zero the gradients, the call
 callback's ``on_after_backward`` work (restore; the Hirtzlin hooks run inside backward), Adam step
 and the in-place clip of the latent weights (``BNNClassifier.optimizer_step``). The callback's
 methods are driven directly (no ``Trainer``, no logging), so the flipped work is exactly the
-callback's. Every configuration gets its own model and optimizer; configurations are measured
-side by side in one process with interleaved repetitions: adjacent (baseline, flip) step pairs
-in alternating order. The headline ratio is the median over the pairs of (step time with flips /
-baseline step time); the ratio of the median step times is reported next to it.
+callback's (including the background draw of the next fault map, which every flipped step
+waits for before it ends). Every configuration gets its own model and optimizer; configurations
+are measured side by side in one process with interleaved repetitions: adjacent (baseline, flip)
+step pairs in alternating order. The headline ratio is the median over the pairs of (step time
+with flips / baseline step time); the ratio of the median step times is reported next to it.
 
 Run: ``lightning-bet bench flip_overhead`` or
 ``python -c "from lightning_bet.bench.flip_overhead import run; run()"``.
@@ -58,6 +59,9 @@ def make_step(
             callback.restore()  # on_after_backward
         optimizer.step()
         clip_latent_weights_(module.net)
+        if callback is not None:
+            # the next fault map is drawn in the background during this step: charge it here
+            callback.wait_for_prefetch()
 
     return step
 

@@ -341,6 +341,14 @@ class BitFlipTraining(Callback):
         future = self._executor.submit(_sample_all, self._targets, model, self.seed, rank, step)
         self._pending = (key, future)
 
+    def wait_for_prefetch(self) -> None:
+        """Block until the background draw of the next fault map (if any) has finished.
+
+        Benchmarks call it at the end of a step so that the step's time holds all of its work.
+        """
+        if self._pending is not None:
+            self._pending[1].result()
+
     def _flip_all(self, indices: list[Tensor]) -> tuple[int, int]:
         flips = bits = 0
         for (_, param), index in zip(self._targets, indices, strict=True):
