@@ -11,6 +11,7 @@ from lightning_bet.layers import binary_layers
 from lightning_bet.models import build_model
 from lightning_bet.sweep import (
     DEFAULT_ERROR_RATES,
+    _flipped_copy,
     bet_area,
     cli_main,
     fault_maps,
@@ -76,6 +77,25 @@ def test_fast_first_layer_kernels_are_exercised():
     native_ev = FastDenseEvaluator(net, x16, y)
     maps = fault_maps([layer for _, layer in binary_layers(net)], FaultModel(p=0.1), 0, 0.1, 0)
     assert np.array_equal(torch_ev.predictions(maps), native_ev.predictions(maps))
+
+
+@pytest.mark.parametrize("sparse_cost", [0, 10**9], ids=["sparse-correction", "dense-int8"])
+def test_int8_first_layer_sparse_correction_and_dense_agree_with_naive(monkeypatch, sparse_cost):
+    import lightning_bet.functional.fast_forward as ff
+
+    monkeypatch.setattr(ff, "_SPARSE_COST", sparse_cost)  # 0: always sparse; 1e9: always dense
+    net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (72, 40)), seed=3)
+    x, y = _digits_like(n=250, levels=16, seed=2)
+    ev = ff.FastDenseEvaluator(net, x, y)
+    assert ev.first_kernel == "int8"
+    layers = [layer for _, layer in binary_layers(net)]
+    for p in (0.002, 0.03, 0.3):
+        for r in range(2):
+            maps = fault_maps(layers, FaultModel(p=p), 11, p, r)
+            with torch.no_grad():
+                expected = _flipped_copy(net, maps)(x).argmax(1).numpy()
+            np.testing.assert_array_equal(ev.predictions(maps), expected)
+            np.testing.assert_array_equal(ev.predictions(maps, slice(37, 190)), expected[37:190])
 
 
 def test_per_batch_semantics_fast_equals_naive_and_differs_from_fixed():
