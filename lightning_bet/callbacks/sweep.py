@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
@@ -23,9 +25,11 @@ class SweepCallback(Callback):
     rate) through the LightningModule's logger, and keeps the last result in ``self.result``.
     With ``out_dir`` it also writes the CSV, PNG, Markdown and JSON files there.
 
-    Under DDP every rank sweeps the data it is given (by default its shard of the validation
-    loader) and rank 0 logs and writes its result; pass ``data`` (the full split as ``(x, y)``)
-    to sweep the same samples on every rank.
+    Under DDP with the default data every rank sweeps its shard of the validation loader and
+    the per-rank correct counts and sample counts are summed over ranks (all-reduce), so every
+    rank holds the accuracy over the whole split, as one process would compute it (when the
+    sampler does not pad: the split size divisible by the world size). With ``data`` given
+    every rank sweeps those same samples and nothing is reduced. Rank 0 logs and writes.
 
     Args:
         error_rates: the grid (default: METHOD §6).
@@ -99,6 +103,8 @@ class SweepCallback(Callback):
             semantics=self.semantics,
             fault_model=self.fault_model,
         )
+        if self.data is None and trainer.world_size > 1:
+            result = self._all_reduce(trainer, pl_module, result)
         self.result = result
         if log:
             pl_module.log(f"{self.prefix}/area", float(result.area))
@@ -110,6 +116,21 @@ class SweepCallback(Callback):
         if self.out_dir is not None:
             self._write(result, trainer.current_epoch)
         return result
+
+    @staticmethod
+    def _all_reduce(
+        trainer: L.Trainer, pl_module: L.LightningModule, result: SweepResult
+    ) -> SweepResult:
+        """Sum the correct counts ``(P, R)`` and the sample counts of all ranks."""
+        samples = int(result.config["samples"])
+        correct = np.rint(result.accuracy * samples)
+        stacked = torch.from_numpy(np.append(correct.reshape(-1), samples)).to(
+            device=pl_module.device, dtype=torch.float64
+        )
+        total = trainer.strategy.reduce(stacked, reduce_op="sum").cpu().numpy()
+        config = dict(result.config, samples=int(total[-1]), world_size=trainer.world_size)
+        accuracy = total[:-1].reshape(correct.shape) / total[-1]
+        return SweepResult(result.error_rates, accuracy, config)
 
     @rank_zero_only
     def _log_direct(self, trainer: L.Trainer, result: SweepResult) -> None:
