@@ -36,6 +36,8 @@ __all__ = ["BitErrorTolerance", "capture_activations", "resolve_bnn"]
 #: Default error rates of the predicted flip rate (a spread over the METHOD §6 grid).
 DEFAULT_ERROR_RATES = (0.005, 0.01, 0.02, 0.05, 0.1)
 
+_SQRT_HALF = math.sqrt(0.5)
+
 
 def resolve_bnn(model: nn.Module) -> BNN:
     """The :class:`~lightning_bet.models.BNN` inside ``model`` (itself, or ``model.net``).
@@ -143,9 +145,11 @@ class BitErrorTolerance(Metric):
     continuous METHOD §4 formula with ``sum_i x_i^2`` for real inputs). For the output layer:
     the margin ``a_y - max_{c != y} a_c`` normalized by ``sqrt(n)``.
 
-    Cost: the statistics are a few dozen elementwise passes per layer, run single-threaded
-    (see ``_single_thread``); :class:`~lightning_bet.callbacks.bet_logging.BetLogging` reuses
-    the validation forward pass and by default feeds 32 samples per batch.
+    Cost: the statistics are about fifteen elementwise passes per layer plus one ``erf`` pass
+    over all error rates, run single-threaded (see ``_single_thread``), with the BatchNorm
+    folding cached while the BatchNorm is unchanged;
+    :class:`~lightning_bet.callbacks.bet_logging.BetLogging` reuses the validation forward pass
+    and by default feeds 32 samples per batch.
 
     ``compute()`` returns a flat dict of 0-dim tensors:
 
@@ -227,6 +231,7 @@ class BitErrorTolerance(Metric):
         self.margin_bins = margin_bins
         self.fan_ins = [fan_in(block.layer) for block in net.blocks]
         self.head_fan_in = fan_in(net.head.layer)
+        self._constants: dict[int, tuple[Any, dict[str, Any]]] = {}
         for i, n in enumerate(self.fan_ins):
             zeros = torch.zeros
             self.add_state(f"count_{i}", zeros((), dtype=torch.long), dist_reduce_fx="sum")
@@ -323,84 +328,132 @@ class BitErrorTolerance(Metric):
             self.out_margin_hist.device
         )
 
+    def reset(self) -> None:
+        """Reset the states and drop the cached per-layer constants."""
+        super().reset()
+        self._constants.clear()
+
+    def _layer_constants(self, i: int, block: nn.Module, a: Tensor) -> dict[str, Any]:
+        """Per-layer constants of the statistics, cached while the BatchNorm is unchanged.
+
+        The cache key holds the identity, storage and version counter of every BatchNorm tensor
+        (in-place updates such as optimizer steps or ``load_state_dict`` bump the version), so
+        in validation the thresholds are folded once per epoch, not once per batch.
+        """
+        bn = block.bn
+        try:
+            key = (float(bn.eps), a.device, a.dim()) + tuple(
+                (id(t), t.data_ptr(), t._version) if t is not None else None
+                for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)
+            )
+        except RuntimeError:  # inference tensors have no version counter: do not cache
+            key = None
+        cached = self._constants.get(i)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        n, device = self.fan_ins[i], a.device
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        rate_shape = (-1,) + (1,) * a.dim()  # broadcasts against (R, N, C, ...)
+        tau, d = fold_batchnorm(bn)
+        d64 = d.detach().to(device=device, dtype=torch.float64)
+        dtau = d64 * tau.detach().to(device=device, dtype=torch.float64)
+        constant = ~torch.isfinite(dtau)
+        positive = [r for r, p in enumerate(self.rates) if p > 0.0]
+        p = torch.tensor([self.rates[r] for r in positive], dtype=torch.float64, device=device)
+        consts: dict[str, Any] = {
+            "d": d64.to(torch.float32).view(shape),
+            "positive": None
+            if len(positive) == len(self.rates)
+            else torch.tensor(positive, dtype=torch.long, device=device),
+        }
+        if block.layer.binarize_input:
+            c = torch.ceil(dtau)
+            constant = constant | (c <= -n) | (c > n)
+            c = torch.where(constant, torch.zeros_like(c), c)
+            consts["c"] = c.to(torch.float32).view(shape)
+            consts["frac"] = (c - dtau).to(torch.float32).view(shape)  # in [0, 1)
+            inv = torch.where(p < 1, torch.rsqrt(p * (1 - p) * n), torch.zeros_like(p))
+            inv = inv * _SQRT_HALF
+            consts["k_side"] = (inv * p).to(torch.float32).view(rate_shape)
+            consts["k_half"] = inv.to(torch.float32).view(rate_shape)
+        else:
+            consts["dtau"] = (
+                torch.where(constant, torch.zeros_like(dtau), dtau).to(torch.float32).view(shape)
+            )
+            consts["pq"] = (p * (1 - p)).to(torch.float32).view(rate_shape)
+            consts["p_sqrt_half"] = (p * _SQRT_HALF).to(torch.float32).view(rate_shape)
+        consts["constant"] = constant.view(shape) if bool(constant.any()) else None
+        if key is not None:
+            self._constants[i] = (key, consts)
+        return consts
+
     def _update_layer(self, i: int, block: nn.Module, x: Tensor, a: Tensor) -> None:
         """Accumulate layer ``i`` in float32 with few passes over the ``(N, C, ...)`` values.
 
         Binary inputs (exact, integer arithmetic in float32): with ``b = d a`` and the integer
         ``c = ceil(d tau)``, ``u = b - c >= 0`` iff the output is ``+1`` and the tolerated flips
-        are ``floor(u / 2)`` (``u >= 0``) or ``floor((-u - 1) / 2)`` (``u < 0``), the same as
+        are ``floor(u / 2)`` (``u >= 0``) or ``floor((-u - 1) / 2)`` (``u < 0``), i.e.
+        ``t + 1/2 = |floor(u / 2) + 1/2|``, the same as
         :func:`~lightning_bet.functional.margins.tolerated_flips`. The flip probability is the
         lattice form of :func:`~lightning_bet.functional.margins.flip_probability`.
         Real inputs: tolerated flips use the bound ``2 k max_i |x_i|`` on how far ``k`` flips
-        move ``a`` (a lower bound on the worst case), and the flip probability the continuous
-        METHOD formula with ``sum_i x_i^2``.
+        move ``a`` (a lower bound on the worst case; ``t + 1/2 = |floor(s / (2 max_i |x_i|)) +
+        1/2|`` with the signed ``s = d (a - tau)``), and the flip probability the continuous
+        METHOD formula with ``sum_i x_i^2``. The probabilities ``Phi(z) = (1 + erf(z /
+        sqrt 2)) / 2`` of all ``R`` error rates are one ``(R, N, C, ...)`` pass; the per-layer
+        constants are cached (:meth:`_layer_constants`).
         """
         n = self.fan_ins[i]
-        tau, d = fold_batchnorm(block.bn)
-        shape = (1, -1) + (1,) * (a.dim() - 2)
-        d64 = d.detach().to(torch.float64)
-        dtau = d64 * tau.detach().to(torch.float64)
-        constant = ~torch.isfinite(dtau)
+        k = self._layer_constants(i, block, a)
+        constant = k["constant"]
+        binary = block.layer.binarize_input
         a = a.to(torch.float32)
-        b = a * d.detach().to(torch.float32).view(shape)
-        if block.layer.binarize_input:
-            c = torch.ceil(dtau)
-            constant = constant | (c <= -n) | (c > n)
-            c = torch.where(constant, torch.zeros_like(c), c)
-            frac = (c - dtau).to(torch.float32)  # in [0, 1): s = u + frac
-            u = b - c.to(torch.float32).view(shape)
-            pos = u >= 0
-            t = torch.where(pos, u, -1.0 - u).mul_(0.5).floor_()
-            s = u.add_(frac.view(shape))
-            half = t + 0.5
-            inv_sd = [1.0 / math.sqrt(p * (1 - p) * n) if 0 < p < 1 else 0.0 for p in self.rates]
+        b = a * k["d"]
+        if binary:
+            u = b - k["c"]
+            half = u.mul(0.5).floor_().add_(0.5).abs_()  # t + 1/2
+            s = u.add_(k["frac"])  # u + frac has the sign of u
         else:
-            s = b - torch.where(constant, torch.zeros_like(dtau), dtau).to(torch.float32).view(
-                shape
-            )
-            pos = s >= 0
-            xr = x.detach().flatten(1).to(torch.float32)
-            xmax = xr.abs().amax(1).clamp_min(1e-30).view((-1,) + (1,) * (a.dim() - 1))
-            m = s.abs()
-            step = m / (2 * xmax)
-            t = torch.where(pos, step.floor(), step.ceil() - 1).clamp_(0, n)
-            half = m.mul(0.5)
-            sum_sq = _sum_squares(block, x).to(torch.float32)
-            inv_sd = [
-                (p * (1 - p) * sum_sq).clamp_min(1e-30).rsqrt() if 0 < p < 1 else 0.0
-                for p in self.rates
-            ]
-        if bool(constant.any()):
-            cmask = constant.view(shape)
-            t = torch.where(cmask, torch.full_like(t, float(n)), t)
-            half = torch.where(cmask, torch.full_like(half, float("inf")), half)
-            s = torch.where(cmask, torch.full_like(s, float("inf")), s)
+            s = b - k["dtau"]
+            xmax = x.detach().flatten(1).to(torch.float32).abs().amax(1).clamp_min(1e-30)
+            step = s / xmax.mul_(2).view((-1,) + (1,) * (a.dim() - 1))
+            half = step.floor_().add_(0.5).abs_().clamp_(max=n + 0.5)  # t + 1/2
+        if constant is not None:
+            s = torch.where(constant, torch.full_like(s, float("inf")), s)
+            half = torch.where(constant, torch.full_like(half, n + 0.5), half)
+        tolerated = half.int()  # trunc(t + 1/2) = t
         m = s.abs()
-        sb = torch.where(pos, b, b.neg())
-        flips = []
-        for p, inv in zip(self.rates, inv_sd, strict=True):
-            if p == 0.0:
-                flips.append(torch.zeros((), dtype=torch.float64, device=a.device))
-                continue
-            z = torch.sub(sb, half, alpha=1.0 / p).mul_(
-                inv * p if isinstance(inv, float) else inv * p
-            )
-            flips.append(torch.special.ndtr(z).sum(dtype=torch.float64))
+        # sb = b if s >= 0 else -b (where s is -0.0, b is 0 too)
+        sb = torch.copysign(b, b * s)
+        if binary:
+            k_side, k_half, half_of = k["k_side"], k["k_half"], half
+        else:  # z / sqrt(2) = (p sb - m / 2) / sqrt(2 p (1 - p) sum_i x_i^2)
+            sum_sq = _sum_squares(block, x).to(torch.float32)
+            inv = (k["pq"] * sum_sq).clamp_min_(1e-30).rsqrt_()
+            k_side, k_half, half_of = inv * k["p_sqrt_half"], inv.mul_(0.5 * _SQRT_HALF), m
+        # binary: z / sqrt(2) = (p sb - (t + 1/2)) / sqrt(2 p (1 - p) n); all error rates at once
+        z = torch.mul(sb, k_side).addcmul_(half_of, k_half, value=-1.0)
+        if constant is not None:
+            z = torch.where(constant, torch.full_like(z, float("-inf")), z)
+        flips = z.erf_().flatten(1).sum(1, dtype=torch.float64).add_(sb.numel()).mul_(0.5)
         scale = 1.0 / (math.sqrt(n) * self.margin_range / self.margin_bins)
-        index = (m * scale).clamp_(max=self.margin_bins).long().flatten()
-        finite = torch.nan_to_num(m, posinf=self.margin_range * math.sqrt(n))
+        index = (m * scale).clamp_(max=self.margin_bins).int().flatten()
+        if constant is not None:
+            m = torch.nan_to_num(m, posinf=self.margin_range * math.sqrt(n))
         dev = self.device
         getattr(self, f"count_{i}").add_(m.numel())
-        getattr(self, f"margin_sum_{i}").add_(
-            (finite.sum(dtype=torch.float64) / math.sqrt(n)).to(dev)
-        )
+        getattr(self, f"margin_sum_{i}").add_((m.sum(dtype=torch.float64) / math.sqrt(n)).to(dev))
         getattr(self, f"margin_hist_{i}").add_(
             torch.bincount(index, minlength=self.margin_bins + 1).to(dev)
         )
         getattr(self, f"tolerated_hist_{i}").add_(
-            torch.bincount(t.long().flatten(), minlength=n + 1).to(dev)
+            torch.bincount(tolerated.flatten(), minlength=n + 1).to(dev)
         )
-        getattr(self, f"flip_sum_{i}").add_(torch.stack(flips).to(dev))
+        flip_sum = getattr(self, f"flip_sum_{i}")
+        if k["positive"] is None:
+            flip_sum.add_(flips.to(dev))
+        else:
+            flip_sum.index_add_(0, k["positive"].to(dev), flips.to(dev))
 
     @staticmethod
     def _hist_quantile(hist: Tensor, q: float) -> int:
