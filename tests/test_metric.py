@@ -297,3 +297,51 @@ def test_conv_model_matches_functional_core():
         )
         prob = flip_probability(a, tau, d, 0.01, float(n), n=n).mean()
         assert float(values[f"layer{i}/flip_rate_p0.01"]) == pytest.approx(float(prob), rel=1e-4)
+
+
+def test_constant_channels_and_cached_constants_follow_batchnorm_updates():
+    from lightning_bet.functional.margins import flip_probability, fold_batchnorm, tolerated_flips
+    from lightning_bet.metrics import capture_activations
+
+    net = _model(seed=4)
+    x, y = _data(48, seed=5)
+    with torch.no_grad():
+        bn = net.blocks[1].bn
+        bn.weight[:3] = 0.0  # gamma = 0: constant outputs
+        bn.running_mean[3] = 1e6  # thresholds out of reach
+        bn.running_mean[4] = -1e6
+
+    def check(metric):
+        values = metric.compute()
+        with torch.no_grad(), capture_activations(net) as records:
+            net(x)
+        a = records["preacts"][1]
+        tau, d = fold_batchnorm(bn)
+        n = net.blocks[1].layer.in_features
+        t = tolerated_flips(a, tau, d, n).flatten().sort().values
+        assert (
+            float(values["layer1/tolerated_fraction_median"])
+            == int(t[(t.numel() + 1) // 2 - 1]) / n
+        )
+        for p in RATES:
+            prob = flip_probability(a, tau, d, p, float(n), n=n)
+            assert torch.isfinite(prob).all()
+            expected = float(prob.mean())
+            assert float(values[f"layer1/flip_rate_p{p:g}"]) == pytest.approx(expected, rel=1e-4)
+        return values
+
+    metric = BitErrorTolerance(net, error_rates=RATES)
+    metric.update(x, y)
+    before = check(metric)
+    with torch.no_grad():  # in-place change of the BatchNorm: the cached folding is stale
+        bn.running_mean.mul_(0.5)
+        bn.bias.add_(0.3)
+    metric.update(x, y)  # no reset: the cache must follow the in-place update
+    fresh = BitErrorTolerance(net, error_rates=RATES)
+    fresh.update(x, y)
+    after = check(fresh)
+    assert float(after["layer1/flip_rate_p0.01"]) != float(before["layer1/flip_rate_p0.01"])
+    # mixed: the first update with the old statistics, the second with the new ones
+    mixed = metric.compute()
+    both = (float(before["layer1/flip_rate_p0.01"]) + float(after["layer1/flip_rate_p0.01"])) / 2
+    assert float(mixed["layer1/flip_rate_p0.01"]) == pytest.approx(both, rel=1e-12)
