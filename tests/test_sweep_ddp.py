@@ -43,10 +43,10 @@ def test_ddp_sweep_sums_counts_over_ranks(tmp_path):
     )
     trainer.validate(module, loader)  # weights unchanged: the reference below sees the same net
     ddp = json.loads((tmp_path / "sweep_epoch0.json").read_text())
-    assert ddp["config"]["world_size"] == 2
-    assert ddp["config"]["samples"] == x.shape[0]
     single = sweep(module, (x, y), GRID, realizations=3, seed=7)
     np.testing.assert_allclose(np.array(ddp["accuracy"]), single.accuracy, rtol=0, atol=1e-12)
+    assert ddp["config"]["samples"] == x.shape[0]
+    assert ddp["config"]["world_size"] == 2
     # each rank alone saw half of the samples: its own accuracy is not the full-split accuracy
     half = sweep(module, (x[0::2], y[0::2]), GRID, realizations=3, seed=7)
     assert not np.array_equal(half.accuracy, single.accuracy)
