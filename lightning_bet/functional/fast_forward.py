@@ -324,7 +324,9 @@ class FastDenseEvaluator:
 
         ``"int8"``: inputs are ``q / 2^k`` with integers ``|q| <= 127`` (digits, 4-bit images):
         an exact int8 matmul ``q @ W'^T`` per fault map, compared with the float thresholds
-        scaled to integers (``d a >= T  <=>  d (q W'^T) >= ceil(T 2^k)``, exact).
+        scaled to integers (``d a >= T  <=>  d (q W'^T) >= ceil(T 2^k)``, exact); with few
+        flips (``flips * _SPARSE_COST < out * in``) the cached clean product plus a CSR update
+        of the touched neurons instead (:meth:`_first_bits_sparse_int`).
         ``"sparse"``: otherwise, the clean product (exact, float32 or float64) plus a CSR update
         over the flipped weights only.
         """
