@@ -485,7 +485,11 @@ def test_ddp_replicas_stay_identical(tmp_path):
         ),
         ({"include_first": 1}, TypeError, r"Expected `include_first` to be a bool, but got 1"),
         ({"seed": 1.5}, TypeError, r"Expected `seed` to be an int, but got 1.5"),
-        ({"prefetch": "yes"}, TypeError, r"Expected `prefetch` to be a bool, but got 'yes'"),
+        (
+            {"prefetch": "yes"},
+            TypeError,
+            r"Expected `prefetch` to be a bool or None, but got 'yes'",
+        ),
     ],
 )
 def test_invalid_arguments(kwargs, error, message):
@@ -611,7 +615,12 @@ def test_prefetch_skips_asymmetric_models_and_copies_drop_the_thread():
     cb.flip(0)
     assert cb._pending is None  # asymmetric maps depend on the weights at flip time
     cb.restore()
-    sym = BitFlipTraining(p=0.1, seed=1, log_rate=False)
+    on_cpu = BitFlipTraining(p=0.1, seed=1, log_rate=False)  # default: no thread on a CPU
+    on_cpu.setup(fake_trainer(), module, "fit")
+    on_cpu.flip(0)
+    on_cpu.restore()
+    assert on_cpu._pending is None
+    sym = BitFlipTraining(p=0.1, seed=1, log_rate=False, prefetch=True)
     sym.setup(fake_trainer(), module, "fit")
     sym.flip(0)
     sym.restore()

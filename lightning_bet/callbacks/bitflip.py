@@ -122,6 +122,8 @@ class BitFlipTraining(Callback):
         prefetch: for symmetric fault models, draw the next micro-batch's fault map in a
             background thread while the current forward and backward run (the maps are the same
             as without; a map drawn for another step, rank or fault model is discarded).
+            ``None`` (default): only when the weights live on an accelerator, where the CPU is
+            otherwise idle during the step; on a CPU the thread competes with the step itself.
 
     Example:
         >>> import lightning as L
@@ -140,7 +142,7 @@ class BitFlipTraining(Callback):
         include_last: bool = True,
         seed: int = 0,
         log_rate: bool = True,
-        prefetch: bool = True,
+        prefetch: bool | None = None,
     ) -> None:
         if not callable(p):
             _check_rate("p", p)
@@ -175,10 +177,11 @@ class BitFlipTraining(Callback):
             ("include_first", include_first),
             ("include_last", include_last),
             ("log_rate", log_rate),
-            ("prefetch", prefetch),
         ):
             if not isinstance(value, bool):
                 raise TypeError(f"Expected `{name}` to be a bool, but got {value!r}")
+        if prefetch is not None and not isinstance(prefetch, bool):
+            raise TypeError(f"Expected `prefetch` to be a bool or None, but got {prefetch!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"Expected `seed` to be an int, but got {seed!r}")
         self.p = p
@@ -194,7 +197,7 @@ class BitFlipTraining(Callback):
         self._flipped: list[_Flipped] = []
         self.last_indices: list[Tensor] = []
         self.last_rate = 0.0
-        #: draw the next symmetric fault map in a background thread (same maps either way).
+        #: draw the next symmetric fault map in a background thread (None: on accelerators).
         self.prefetch = prefetch
         self._executor: ThreadPoolExecutor | None = None
         self._pending: tuple[tuple[int, int, FaultModel], Future[list[Tensor]]] | None = None
@@ -313,7 +316,7 @@ class BitFlipTraining(Callback):
             indices = self._take_prefetched(key)
             if indices is None:
                 indices = _sample_all(self._targets, model, self.seed, rank, key[1])
-            if self.prefetch and model.is_symmetric:
+            if self._prefetch_enabled() and model.is_symmetric:
                 # the next map depends only on (seed, rank, step, model, sizes): draw it in the
                 # background while this micro-batch's forward and backward run
                 self._prefetch((rank, self.micro_step, model))
@@ -323,6 +326,11 @@ class BitFlipTraining(Callback):
             raise
         self.last_rate = flips / bits if bits else 0.0
         return self.last_rate
+
+    def _prefetch_enabled(self) -> bool:
+        if self.prefetch is not None:
+            return self.prefetch
+        return bool(self._targets) and self._targets[0][1].device.type != "cpu"
 
     def _take_prefetched(self, key: tuple[int, int, FaultModel]) -> list[Tensor] | None:
         pending, self._pending = self._pending, None
