@@ -7,6 +7,7 @@ fetched from. :func:`ensure_files` finds, verifies and (optionally) downloads th
 share: argument validation, the seeded train/validation split and the dataloaders.
 """
 
+import abc
 import hashlib
 import os
 import tempfile
@@ -294,7 +295,7 @@ def _check_int(name: str, value: object, minimum: int, description: str) -> int:
     return int(value)
 
 
-class StandardImageDataModule(L.LightningDataModule):
+class StandardImageDataModule(L.LightningDataModule, abc.ABC):
     """Base class of DataModules over a standard image classification dataset.
 
     Inputs are ``float32`` tensors of shape ``(N, *input_shape)`` holding ``q / input_levels``
@@ -393,6 +394,7 @@ class StandardImageDataModule(L.LightningDataModule):
 
     # -- loading -----------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _load_split(self, files: dict[str, Path], split: Split) -> tuple[np.ndarray, np.ndarray]:
         """Read one official split.
 
@@ -404,7 +406,6 @@ class StandardImageDataModule(L.LightningDataModule):
             ``uint8`` images of shape ``(N, *input_shape)`` and integer labels of shape ``(N,)``.
 
         """
-        raise NotImplementedError
 
     def _load_tensors(self, split: Split) -> TensorDataset:
         images, labels = self._load_split(self._ensure_files(download=False), split)
