@@ -8,7 +8,8 @@ Semantics, for an input image of integer pixels ``q`` (the float input is ``q / 
 - Hidden layer ``l`` (dense, weights ``W`` in ``{-1, +1}^{out x in}``): integer pre-activation
   ``a = W @ v`` where ``v = q`` (first layer; one that binarizes its input is not exported)
   or ``v`` in ``{-1, +1}`` (previous layer's output). Output ``o_j = +1`` iff
-  ``d_j * (a_j - T_j) >= 0``, else ``-1``, with integer threshold ``T_j`` and direction ``d_j`` in ``{-1, +1}``.
+  ``d_j * (a_j - T_j) >= 0``, else ``-1``, with integer threshold ``T_j`` and direction
+  ``d_j`` in ``{-1, +1}``.
 - Output layer: integer logits ``a = W @ v``; prediction ``argmax(a)`` (first index on ties);
   float logits are ``scale * a``.
 
