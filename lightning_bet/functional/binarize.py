@@ -33,22 +33,12 @@ def sign(x: Tensor) -> Tensor:
     return torch.where(x >= 0, one, -one)
 
 
-class _WeightSTE(torch.autograd.Function):
-    """``Wb = sign(W)``; ``dL/dW = dL/dWb * 1{|W| <= 1}`` (Courbariaux et al., 2016)."""
+class _SignSTE(torch.autograd.Function):
+    """``y = sign(x)``; ``dL/dx = dL/dy * 1{|x| <= 1}``.
 
-    @staticmethod
-    def forward(ctx, w: Tensor) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(w)
-        return sign(w)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
-        (w,) = ctx.saved_tensors
-        return grad * (w.abs() <= 1).to(grad.dtype)
-
-
-class _ActivationSTE(torch.autograd.Function):
-    """``y = sign(x)``; ``dL/dx = dL/dy * 1{|x| <= 1}`` (the gradient of hardtanh)."""
+    The same pseudo-gradient serves weights (the weight STE of Courbariaux et al., 2016) and
+    activations (the gradient of hardtanh).
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
@@ -73,7 +63,7 @@ def binarize_weight(w: Tensor) -> Tensor:
         ``sign(w)``, same shape and dtype.
 
     """
-    return _WeightSTE.apply(w)
+    return _SignSTE.apply(w)
 
 
 def binarize_activation(x: Tensor) -> Tensor:
@@ -88,4 +78,4 @@ def binarize_activation(x: Tensor) -> Tensor:
         ``sign(x)``, same shape and dtype.
 
     """
-    return _ActivationSTE.apply(x)
+    return _SignSTE.apply(x)
