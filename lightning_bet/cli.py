@@ -8,15 +8,18 @@ and parsed with jsonargparse.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_bet.module import BNNClassifier
 
-__all__ = ["COMMANDS", "BetCLI", "main"]
+__all__ = ["COMMANDS", "BetCLI", "load_checkpoint", "main", "make_cli", "make_cli_quietly"]
 
 #: subcommand -> "module:function"; the function takes the remaining ``argv``.
 COMMANDS: dict[str, str] = {
@@ -52,6 +55,66 @@ def make_cli(args: Sequence[str] | None = None, run: bool = True) -> BetCLI:
         args=list(args) if args is not None else None,
         run=run,
     )
+
+
+def make_cli_quietly(config: str | os.PathLike) -> BetCLI:
+    """Instantiate a recipe with ``make_cli(["--config", config], run=False)``.
+
+    ``sys.argv`` holds a subcommand's own arguments; it is hidden while LightningCLI runs so
+    that LightningCLI does not warn about them.
+    """
+    argv = sys.argv
+    sys.argv = argv[:1]
+    try:
+        return make_cli(args=["--config", str(config)], run=False)
+    finally:
+        sys.argv = argv
+
+
+def load_checkpoint(
+    ckpt: str | os.PathLike,
+    config: str | os.PathLike,
+    arg_names: tuple[str, str] = ("ckpt", "config"),
+) -> tuple[Any, Any]:
+    """Build model and datamodule from a recipe and load a checkpoint's weights into the model.
+
+    Args:
+        ckpt: a Lightning checkpoint (``{"state_dict": ...}``) or a plain state dict of the
+            ``BNNClassifier``. Checkpoints are unpickled: load only files you trust.
+        config: the recipe (LightningCLI YAML) the checkpoint was trained with.
+        arg_names: how the caller names the two arguments in its error messages (e.g.
+            ``("--ckpt", "--config")`` for a command line).
+
+    Returns:
+        ``(module, datamodule)``, the module in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: for a missing file.
+        ValueError: when the checkpoint does not match the recipe's model.
+    """
+    import torch
+
+    for name, path in zip(arg_names, (ckpt, config), strict=True):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Expected `{name}` to be an existing file, but got {path!r}")
+    cli = make_cli_quietly(config)
+    module, datamodule = cli.model, cli.datamodule
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f"Expected `{arg_names[0]}` {str(ckpt)!r} to hold a checkpoint dict, but got "
+            f"{type(checkpoint).__name__}"
+        )
+    state = checkpoint.get("state_dict", checkpoint)
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        details = " ".join(line.strip() for line in str(error).splitlines()[:4] if line.strip())
+        raise ValueError(
+            f"Checkpoint {str(ckpt)!r} does not match the model of config {str(config)!r} "
+            f"(expected it to match the model built from {str(config)!r}): {details}"
+        ) from error
+    return module.cpu().eval(), datamodule
 
 
 def _resolve(target: str) -> Callable[[list[str]], object]:

@@ -503,38 +503,6 @@ def _parse_float_list(text: str) -> list[float]:
         ) from exc
 
 
-def load_checkpoint_with_config(ckpt: str, config: str) -> tuple[nn.Module, Any]:
-    """Build model and datamodule from the training recipe and load the checkpoint weights.
-
-    Raises:
-        FileNotFoundError: a path does not exist.
-        ValueError: the checkpoint does not match the network the recipe builds.
-
-    """
-    from lightning_bet.cli import make_cli
-
-    for name, path in (("--ckpt", ckpt), ("--config", config)):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"Expected `{name}` to be an existing file, but got {path!r}")
-    cli = make_cli(args=["--config", config], run=False)
-    module, datamodule = cli.model, cli.datamodule
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    state_dict = state.get("state_dict", state) if isinstance(state, dict) else state
-    try:
-        module.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"Expected checkpoint {ckpt!r} to match the model built from {config!r}, but "
-            f"loading failed: {str(exc).splitlines()[0]} {_mismatch_summary(exc)}"
-        ) from exc
-    return module.eval(), datamodule
-
-
-def _mismatch_summary(exc: RuntimeError) -> str:
-    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-    return " ".join(lines[:3])
-
-
 def cli_main(argv: Sequence[str] | None = None) -> dict:
     """``lightning-bet sweep --ckpt CKPT --config RECIPE [--out DIR] ...``.
 
@@ -566,7 +534,9 @@ def cli_main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args(list(argv) if argv is not None else None)
     family = fault_family(args.fault)
-    module, datamodule = load_checkpoint_with_config(args.ckpt, args.config)
+    from lightning_bet.cli import load_checkpoint
+
+    module, datamodule = load_checkpoint(args.ckpt, args.config, ("--ckpt", "--config"))
     datamodule.setup("test")
     loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
     result = sweep(

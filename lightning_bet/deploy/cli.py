@@ -15,7 +15,6 @@ import hashlib
 import importlib
 import json
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_bet.cli import load_checkpoint, make_cli_quietly
 from lightning_bet.deploy.bitstream import FORMAT_VERSION, read_bitstream, write_bitstream
 from lightning_bet.deploy.emulate import emulate
 from lightning_bet.deploy.fold import deploy_forward, to_deploy
@@ -46,59 +46,6 @@ def _optional(module: str, name: str) -> Any | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return None
-
-
-def _make_cli_quietly(config: str | os.PathLike) -> Any:
-    """Instantiate a recipe with ``make_cli(..., run=False)``.
-
-    ``sys.argv`` holds this subcommand's own arguments; it is hidden while LightningCLI runs so
-    that LightningCLI does not warn about them.
-    """
-    from lightning_bet.cli import make_cli
-
-    argv = sys.argv
-    sys.argv = argv[:1]
-    try:
-        return make_cli(args=["--config", str(config)], run=False)
-    finally:
-        sys.argv = argv
-
-
-def load_checkpoint(ckpt: str | os.PathLike, config: str | os.PathLike) -> tuple[Any, Any]:
-    """Build model and datamodule from a recipe and load a checkpoint's weights into the model.
-
-    Args:
-        ckpt: a Lightning checkpoint (``{"state_dict": ...}``) or a plain state dict of the
-            ``BNNClassifier``. Checkpoints are unpickled: load only files you trust.
-        config: the recipe (LightningCLI YAML) the checkpoint was trained with.
-
-    Returns:
-        ``(module, datamodule)``, the module in eval mode on the CPU.
-
-    Raises:
-        FileNotFoundError: for a missing file.
-        ValueError: when the checkpoint does not match the recipe's model.
-
-    """
-    for name, path in (("ckpt", ckpt), ("config", config)):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"Expected `{name}` to be an existing file, but got {path!r}")
-    cli = _make_cli_quietly(config)
-    module, datamodule = cli.model, cli.datamodule
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(
-            f"Expected `ckpt` {str(ckpt)!r} to hold a checkpoint dict, but got "
-            f"{type(checkpoint).__name__}"
-        )
-    state = checkpoint.get("state_dict", checkpoint)
-    try:
-        module.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise ValueError(
-            f"Checkpoint {str(ckpt)!r} does not match the model of config {str(config)!r}: {error}"
-        ) from error
-    return module.cpu().eval(), datamodule
 
 
 def integer_test_split(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -264,7 +211,7 @@ def _emulation_data(data: str) -> tuple[np.ndarray, np.ndarray, int]:
         raise ValueError(
             f"Expected `data` to be 'digits' or a recipe/datamodule config file, but got {data!r}"
         )
-    datamodule = _make_cli_quietly(data).datamodule
+    datamodule = make_cli_quietly(data).datamodule
     _, q, y, levels = integer_test_split(datamodule)
     return q.numpy(), y.numpy(), levels
 
