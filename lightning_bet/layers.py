@@ -1,8 +1,12 @@
 """Binary layers: ``nn.Linear`` / ``nn.Conv2d`` with binarized weights (and inputs).
 
 The layers hold latent float weights and apply :func:`~lightning_bet.functional.binarize_weight`
-in the forward pass; they have no math of their own. Faults are never the layers' business:
-callbacks and evaluation code apply them through ``lightning_bet.functional.faults``.
+in the forward pass; they have no math of their own. Faults are applied from outside: a training
+callback (``BitFlipTraining``) sets a transient fault map, ``layer.sign_flips``, that the forward
+pass applies to the binary weights (``M ⊙ sign(W)``, via
+:func:`~lightning_bet.functional.binarize_weight_flipped`) until it clears it again; the latent
+weights themselves are never modified. Evaluation code applies faults through
+``lightning_bet.functional.faults`` on copies.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lightning_bet.functional.binarize import binarize_activation, binarize_weight
+from lightning_bet.functional.flips import SignFlips, binarize_weight_flipped
 
 __all__ = ["BinaryConv2d", "BinaryLinear", "binary_layers", "clip_latent_weights_"]
 
@@ -23,10 +28,21 @@ class _BinaryMixin:
 
     weight: Tensor
     binarize_input: bool
+    #: Fault map the forward pass applies to ``sign(weight)``; ``None``: clean weights. Set and
+    #: cleared by ``BitFlipTraining`` around each training micro-batch; not part of the state.
+    sign_flips: SignFlips | None = None
 
     def binary_weight(self) -> Tensor:
-        """``sign(weight)`` with the weight STE, shape of ``weight``."""
+        """The clean ``sign(weight)`` with the weight STE, shape of ``weight``.
+
+        Pending :attr:`sign_flips` are not applied (the forward pass applies them).
+        """
         return binarize_weight(self.weight)
+
+    def _forward_weight(self) -> Tensor:
+        if self.sign_flips is None:
+            return binarize_weight(self.weight)
+        return binarize_weight_flipped(self.weight, self.sign_flips)
 
     def _quantize_input(self, x: Tensor) -> Tensor:
         return binarize_activation(x) if self.binarize_input else x
@@ -36,7 +52,8 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
     """Linear layer with binary weights ``sign(W)`` and, by default, binary inputs ``sign(x)``.
 
     Forward: ``y = q(x) @ sign(W).T + b`` where ``q = sign`` (hardtanh STE) when
-    ``binarize_input`` else the identity. Pseudo-gradient of the weights: weight STE
+    ``binarize_input`` else the identity (``M ⊙ sign(W)`` while :attr:`sign_flips` holds a fault
+    map ``M``). Pseudo-gradient of the weights: weight STE
     ``1{|W| <= 1}``. Latent weights start
     with ``nn.Linear``'s initialisation (small, so that signs move early in training).
 
@@ -76,7 +93,7 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
                 f"Expected the input of {type(self).__name__} to have {self.in_features} features "
                 f"in its last dimension, but got shape {tuple(x.shape)}"
             )
-        return F.linear(self._quantize_input(x), self.binary_weight(), self.bias)
+        return F.linear(self._quantize_input(x), self._forward_weight(), self.bias)
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"{super().extra_repr()}, binarize_input={self.binarize_input}"
@@ -148,7 +165,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
                 f"Expected the input of {type(self).__name__} to have shape "
                 f"(N, {self.in_channels}, H, W), but got shape {tuple(x.shape)}"
             )
-        return self._conv_forward(self._quantize_input(x), self.binary_weight(), self.bias)
+        return self._conv_forward(self._quantize_input(x), self._forward_weight(), self.bias)
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"{super().extra_repr()}, binarize_input={self.binarize_input}"

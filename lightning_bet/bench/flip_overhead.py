@@ -1,15 +1,16 @@
 """Benchmark: training-step overhead of ``BitFlipTraining`` on the FCNN 784-2048-2048-10.
 
 One training step is what Lightning runs per batch: zero the gradients, the callback's
-``on_train_batch_start`` work (draw the fault map, flip the signs), forward, loss, backward, the
-callback's ``on_after_backward`` work (restore; the Hirtzlin hooks run inside backward), Adam step
-and the in-place clip of the latent weights (``BNNClassifier.optimizer_step``). The callback's
-methods are driven directly (no ``Trainer``, no logging), so the flipped work is exactly the
-callback's (including the background draw of the next fault map, which every flipped step
-waits for before it ends). Every configuration gets its own model and optimizer; configurations
-are measured side by side in one process with interleaved repetitions: adjacent (baseline, flip)
-step pairs in alternating order. The headline ratio is the median over the pairs of (step time
-with flips / baseline step time); the ratio of the median step times is reported next to it.
+``on_train_batch_start`` work (draw the fault map, hand it to the layers), forward (signs negated
+at the fault positions), loss, backward (for Hirtzlin also negated there), the callback's
+``on_after_backward`` work (clear the maps), Adam step and the in-place clip of the latent weights
+(``BNNClassifier.optimizer_step``). The callback's methods are driven directly (no ``Trainer``,
+no logging), so the flipped work is exactly the callback's (including the background draw of the
+next fault map, which every flipped step waits for before it ends). Every configuration gets
+its own model and optimizer; configurations are measured side by side in one process with
+interleaved repetitions: adjacent (baseline, flip) step pairs in alternating order. The headline
+ratio is the median over the pairs of (step time with flips / baseline step time); the ratio of
+the median step times is reported next to it.
 
 Run: ``lightning-bet bench flip_overhead`` or
 ``python -c "from lightning_bet.bench.flip_overhead import run; run()"``.

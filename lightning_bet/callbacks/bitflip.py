@@ -11,15 +11,14 @@ pass computes ``We = M ⊙ sign(W)``. The backward pass depends on ``variant``:
 Both then apply the weight STE ``1{|W| <= 1}``. For the same seed both variants run the identical
 forward pass; their gradients differ exactly on the flipped positions.
 
-How (all O(number of flips), no dense mask): before the forward pass the callback negates the
-latent weights at the fault positions (:func:`~lightning_bet.functional.flips.flip_signs_`), so the
-unchanged layer computes ``sign(-W) = -sign(W)`` there and the STE mask ``|W| <= 1`` is unchanged.
-For ``"hirtzlin"`` a gradient hook on each flipped parameter negates the incoming gradient of this
-micro-batch at the positions *before* it is accumulated into ``.grad`` (so gradient accumulation
-and DDP's all-reduce see the per-rank, per-micro-batch chain rule). After the backward pass the
-saved originals are written back bit for bit. The latent weights are also restored at the end of
-the batch, on exceptions, before validation/test/predict, and a checkpoint never holds flipped
-values (``on_save_checkpoint`` patches its copy without touching the live model).
+How (all O(number of flips), no dense mask, the latent weights are never modified): before the
+forward pass the callback hands each selected layer its fault map (``layer.sign_flips``, a
+:class:`~lightning_bet.functional.flips.SignFlips`); the layer's forward pass then uses
+:func:`~lightning_bet.functional.flips.binarize_weight_flipped`, which negates ``sign(W)`` at the
+fault positions and, for ``"hirtzlin"``, negates this micro-batch's gradient there *before* it is
+accumulated into ``.grad`` (so gradient accumulation and DDP's all-reduce see the per-rank,
+per-micro-batch chain rule). The maps are cleared after the backward pass, at the end of the
+batch, on exceptions and before validation/test/predict; a checkpoint never holds them.
 """
 
 from __future__ import annotations
@@ -27,16 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
-from lightning_bet.functional.flips import flip_signs_, negate_at_, restore_, scale_fault_model
+from lightning_bet.functional.flips import SignFlips, scale_fault_model
 from lightning_bet.layers import BinaryConv2d, BinaryLinear, binary_layers
 
 __all__ = ["VARIANTS", "BitFlipTraining"]
@@ -84,16 +81,6 @@ def _describe(item: Any) -> str:
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], nn.Module):
         return f"({type(item[0]).__name__}, {item[1]!r})"
     return repr(item)
-
-
-@dataclass
-class _Flipped:
-    """One parameter with its signs negated at ``index``; ``original`` holds the true values."""
-
-    param: Tensor
-    index: Tensor
-    original: Tensor
-    hook: RemovableHandle | None = None
 
 
 class BitFlipTraining(Callback):
@@ -193,8 +180,8 @@ class BitFlipTraining(Callback):
         self.log_rate = log_rate
         #: micro-batches drawn so far (the position in the fault-map stream; in ``state_dict``).
         self.micro_step = 0
-        self._targets: list[tuple[str, Tensor]] = []
-        self._flipped: list[_Flipped] = []
+        self._targets: list[tuple[str, BinaryLinear | BinaryConv2d]] = []
+        self._flipped: list[BinaryLinear | BinaryConv2d] = []
         self.last_indices: list[Tensor] = []
         self.last_rate = 0.0
         #: draw the next symmetric fault map in a background thread (None: on accelerators).
@@ -256,7 +243,7 @@ class BitFlipTraining(Callback):
                 f"({type(module).__name__}, {name!r})"
             )
 
-    def _select(self, pl_module: nn.Module) -> list[tuple[str, Tensor]]:
+    def _select(self, pl_module: nn.Module) -> list[tuple[str, BinaryLinear | BinaryConv2d]]:
         layers = list(binary_layers(pl_module))
         if not layers:
             raise ValueError(
@@ -297,15 +284,16 @@ class BitFlipTraining(Callback):
                 f"`include_first`={self.include_first} and `include_last`={self.include_last} "
                 "selects none"
             )
-        names = {id(param): name for name, param in pl_module.named_parameters()}
-        return [(names.get(id(m.weight), ""), m.weight) for m in chosen]
+        names = {id(module): name for name, module in pl_module.named_modules()}
+        return [(names[id(m)], m) for m in chosen]
 
     # ----------------------------------------------------------------------------- flipping
 
     def flip(self, epoch: int, rank: int = 0) -> float:
-        """Draw this micro-batch's fault map and negate the selected weights' signs there.
+        """Draw this micro-batch's fault map and hand it to the selected layers.
 
-        Call :meth:`restore` after the backward pass. Returns the realized flip rate.
+        Their forward passes negate ``sign(W)`` at the fault positions until :meth:`restore`
+        (call it after the backward pass). Returns the realized flip rate.
         """
         self.restore()
         model = self.fault_model(epoch)
@@ -330,7 +318,7 @@ class BitFlipTraining(Callback):
     def _prefetch_enabled(self) -> bool:
         if self.prefetch is not None:
             return self.prefetch
-        return bool(self._targets) and self._targets[0][1].device.type != "cpu"
+        return bool(self._targets) and self._targets[0][1].weight.device.type != "cpu"
 
     def _take_prefetched(self, key: tuple[int, int, FaultModel]) -> list[Tensor] | None:
         pending, self._pending = self._pending, None
@@ -359,31 +347,26 @@ class BitFlipTraining(Callback):
 
     def _flip_all(self, indices: list[Tensor]) -> tuple[int, int]:
         flips = bits = 0
-        for (_, param), index in zip(self._targets, indices, strict=True):
+        negate_gradient = self.variant == "hirtzlin"
+        for (_, layer), index in zip(self._targets, indices, strict=True):
             self.last_indices.append(index)
-            bits += param.numel()
+            bits += layer.weight.numel()
             flips += index.numel()
             if index.numel() == 0:
                 continue
-            entry = _Flipped(param, index, flip_signs_(param, index))
-            self._flipped.append(entry)
-            if self.variant == "hirtzlin" and param.requires_grad:
-                entry.hook = param.register_hook(_Negate(index))
+            layer.sign_flips = SignFlips(index, negate_gradient)
+            self._flipped.append(layer)
         return flips, bits
 
     def restore(self) -> None:
-        """Write back the true latent weights (and drop gradient hooks). Idempotent."""
+        """Clear the fault maps: the forward pass uses the clean weights again. Idempotent."""
         flipped, self._flipped = self._flipped, []
-        if not flipped:
-            return
-        for entry in flipped:
-            if entry.hook is not None:
-                entry.hook.remove()
-            restore_(entry.param, entry.index, entry.original)
+        for layer in flipped:
+            layer.sign_flips = None
 
     @property
     def is_flipped(self) -> bool:
-        """True between :meth:`flip` and :meth:`restore`."""
+        """True between :meth:`flip` and :meth:`restore` (while some layer holds a fault map)."""
         return bool(self._flipped)
 
     # ----------------------------------------------------------------------------- hooks
@@ -444,20 +427,6 @@ class BitFlipTraining(Callback):
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
-    def on_save_checkpoint(  # noqa: D102
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        # Only reachable mid-step if someone saves inside training_step; patch the copy, never
-        # the live model (its forward/backward is still in flight).
-        state = checkpoint.get("state_dict", {})
-        names = {id(param): name for name, param in self._targets}
-        for entry in self._flipped:
-            key = names.get(id(entry.param))
-            if key in state:
-                clean = state[key].detach().clone()
-                restore_(clean, entry.index.to(clean.device), entry.original.to(clean.device))
-                state[key] = clean
-
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         return {"micro_step": self.micro_step, "seed": self.seed, "variant": self.variant}
 
@@ -466,26 +435,15 @@ class BitFlipTraining(Callback):
 
 
 def _sample_all(
-    targets: list[tuple[str, Tensor]], model: FaultModel, seed: int, rank: int, step: int
+    targets: list[tuple[str, BinaryLinear | BinaryConv2d]],
+    model: FaultModel,
+    seed: int,
+    rank: int,
+    step: int,
 ) -> list[Tensor]:
     """The fault indices of every target of micro-batch ``step`` on ``rank`` (one generator)."""
     generator = make_generator(seed, "bitflip", rank, step)
     return [
-        sample_fault_indices(param.detach(), model, generator).to(param.device)
-        for _, param in targets
+        sample_fault_indices(layer.weight.detach(), model, generator).to(layer.weight.device)
+        for _, layer in targets
     ]
-
-
-class _Negate:
-    """Gradient hook ``g -> g`` with ``g.flatten()[index]`` negated (picklable, no closure).
-
-    It negates in place, O(flips): the incoming gradient of a binary layer's weight is the fresh
-    output of the weight STE's backward (``grad * 1{|W| <= 1}``), referenced by nothing else, so
-    no other consumer sees the change; a dense copy would cost O(weights) per step.
-    """
-
-    def __init__(self, index: Tensor) -> None:
-        self.index = index
-
-    def __call__(self, grad: Tensor) -> Tensor:
-        return negate_at_(grad, self.index)

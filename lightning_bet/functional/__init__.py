@@ -11,6 +11,7 @@ from lightning_bet.functional.faults import (
     sample_fault_indices,
     sample_positions,
 )
+from lightning_bet.functional.flips import SignFlips, binarize_weight_flipped
 from lightning_bet.functional.losses import margin_cross_entropy, modified_hinge_loss
 from lightning_bet.functional.margins import (
     binary_preactivation,
@@ -26,8 +27,10 @@ from lightning_bet.functional.penalties import margin_penalty
 
 __all__ = [
     "FaultModel",
+    "SignFlips",
     "binarize_activation",
     "binarize_weight",
+    "binarize_weight_flipped",
     "binary_preactivation",
     "decision_side",
     "derive_seed",

@@ -9,7 +9,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["binarize_activation", "binarize_weight", "sign"]
+__all__ = [
+    "binarize_activation",
+    "binarize_weight",
+    "plus_minus_one",
+    "sign",
+    "ste_gradient",
+]
 
 
 def sign(x: Tensor) -> Tensor:
@@ -29,8 +35,36 @@ def sign(x: Tensor) -> Tensor:
         tensor([-1.,  1.,  1.])
 
     """
-    one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(x >= 0, one, -one)
+    return plus_minus_one(x >= 0, x.dtype)
+
+
+def plus_minus_one(positive: Tensor, dtype: torch.dtype) -> Tensor:
+    """``+1`` where ``positive`` and ``-1`` elsewhere, in ``dtype`` (the sign of stored bits).
+
+    Args:
+        positive: bool, any shape.
+        dtype: floating point dtype of the result.
+
+    Returns:
+        Tensor of ``positive``'s shape and device with entries in ``{-1, +1}``.
+
+    """
+    one = torch.ones((), dtype=dtype, device=positive.device)
+    return torch.where(positive, one, -one)
+
+
+def ste_gradient(x: Tensor, grad: Tensor) -> Tensor:
+    """The straight-through pseudo-gradient of ``sign``: ``grad * 1{|x| <= 1}`` (a new tensor).
+
+    Args:
+        x: the input of ``sign``, any shape.
+        grad: ``dL/dsign(x)``, same shape as ``x``.
+
+    Returns:
+        ``dL/dx``, same shape and dtype as ``grad``.
+
+    """
+    return grad * (x.abs() <= 1).to(grad.dtype)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -48,7 +82,7 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        return ste_gradient(x, grad)
 
 
 def binarize_weight(w: Tensor) -> Tensor:
