@@ -74,20 +74,32 @@ def fan_in(layer: BinaryLinear | BinaryConv2d) -> int:
 
 
 @contextmanager
-def capture_activations(net: BNN) -> Iterator[dict[str, Any]]:
+def capture_activations(net: BNN, rows: int | None = None) -> Iterator[dict[str, Any]]:
     """Record, during forward passes of ``net``, what the metric needs.
 
     Yields a dict that every forward pass fills: ``"inputs"`` (list per hidden block: the input
     of its binary layer), ``"preacts"`` (list per hidden block: the BatchNorm input ``a``) and
     ``"logits"`` (the head's unscaled integer logits). Hooks are removed on exit, also after an
     exception.
+
+    Args:
+        net: the network.
+        rows: of the hidden blocks' activations, keep copies of only the first ``rows`` samples
+            of each batch (``None``: keep references to the whole tensors). Holding whole
+            activations would keep them from being freed and reused during the forward pass;
+            small copies let them go. The logits (one small row per sample) are always kept
+            whole.
     """
     records: dict[str, Any] = {"inputs": {}, "preacts": {}, "logits": None}
     handles = []
 
+    def kept(t: Tensor) -> Tensor:
+        t = t.detach()
+        return t if rows is None or t.shape[0] <= rows else t[:rows].clone()
+
     def keep(store: dict, index: int) -> Any:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            store[index] = args[0].detach()
+            store[index] = kept(args[0])
 
         return hook
 
@@ -266,7 +278,8 @@ class BitErrorTolerance(Metric):
         Args:
             x: ``(N, *input_shape)`` inputs, or the records of one forward pass taken with
                 :func:`capture_activations` (lets a callback reuse the validation step's own
-                forward pass instead of running the network a second time).
+                forward pass instead of running the network a second time; the hidden blocks'
+                records may hold only the first samples of the batch, the logits hold all).
             y: ``(N,)`` integer class labels.
 
         """

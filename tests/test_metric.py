@@ -267,6 +267,51 @@ def test_callback_logs_val_bet(tmp_path):
     assert "val/bet" in text
 
 
+def test_callback_subsamples_hidden_layers_but_not_the_output(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_bet.module import BNNClassifier
+
+    torch.manual_seed(0)
+    module = BNNClassifier(hidden=(24, 16))
+    x, y = _data(64)
+    callback = BetLogging(error_rates=RATES, samples_per_batch=5)
+    trainer = L.Trainer(
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(module, DataLoader(TensorDataset(x, y), batch_size=16), verbose=False)
+    logged = trainer.callback_metrics
+    module.eval()
+    first = torch.cat([x[k : k + 5] for k in range(0, 64, 16)])
+    hidden = BitErrorTolerance(module, error_rates=RATES)
+    hidden.update(first, torch.cat([y[k : k + 5] for k in range(0, 64, 16)]))
+    everything = BitErrorTolerance(module, error_rates=RATES)
+    everything.update(x, y)
+    for key, value in hidden.compute().items():
+        if key.startswith("layer"):
+            assert float(logged[f"val/bet/{key}"]) == pytest.approx(float(value), rel=1e-5), key
+    for key, value in everything.compute().items():
+        if key.startswith("output"):
+            assert float(logged[f"val/bet/{key}"]) == pytest.approx(float(value), rel=1e-5), key
+    assert int(callback.metric.out_count) == 0  # reset after logging
+
+
+def test_metric_cost_benchmark_writes_results(tmp_path):
+    import json
+
+    from lightning_bet.bench.metric_cost import run
+
+    result = run(out_dir=tmp_path, repeats=1, samples=64, batch_size=32, hidden=(16, 16))
+    stored = json.loads((tmp_path / "results.json").read_text())["metric_cost"]
+    assert stored["ratio"] == result["ratio"] > 0
+    assert 0 < result["hook_share"] and result["setup"] == "FCNN 784-16-16-10, 64 samples, batch 32"
+
+
 def test_conv_model_matches_functional_core():
     from lightning_bet.functional.margins import flip_probability, fold_batchnorm, tolerated_flips
     from lightning_bet.metrics import capture_activations, fan_in
