@@ -184,6 +184,53 @@ def test_portable_build_gives_identical_results(lib, portable):
             )
 
 
+def packed_signs_reference(a, t):
+    """Bits ``a < t`` packed LSB-first into uint32 words, by hand (no numpy packbits)."""
+    batch, rows = a.shape
+    words = -(-rows // 32)
+    out = np.zeros((batch, words), dtype=np.uint64)
+    for j in range(rows):
+        out[:, j // 32] |= (a[:, j] < t[j]).astype(np.uint64) << np.uint64(j % 32)
+    return out.astype(np.uint32)
+
+
+@pytest.mark.parametrize("flavour", ["lib", "portable"])
+def test_sign_pack_and_fused_popcount_sign_match_reference(flavour, request):
+    library = request.getfixturevalue(flavour)
+    rng = np.random.default_rng(5)
+    for n in (1, 33, 100, 785):
+        for batch, rows in ((1, 1), (3, 7), (17, 33), (70, 64), (130, 300), (9, 1000)):
+            x, w = random_signs(rng, batch, n), random_signs(rng, rows, n)
+            xp, wp = native.pack_signs(x), native.pack_signs(w)
+            a = reference(x, w)
+            t = rng.integers(-n, n + 2, rows).astype(np.int32)
+            t[: min(rows, 3)] = a[0, : min(rows, 3)]  # ties: a == t gives bit 0
+            want = packed_signs_reference(a, t)
+            for threads in (1, 2):
+                got = library.sign_pack(a, t, threads=threads)
+                np.testing.assert_array_equal(got, want, err_msg=f"{n=} {batch=} {rows=}")
+                fused = library.binary_dense_sign(xp, wp, n, t, threads=threads)
+                np.testing.assert_array_equal(fused, want, err_msg=f"{n=} {batch=} {rows=}")
+
+
+def test_sign_pack_rejects_bad_input(lib):
+    a = np.zeros((2, 5), np.int32)
+    with pytest.raises(
+        TypeError,
+        match=r"a must be a numpy int32 array, got ndarray\(dtype=float64, shape=\(2, 5\)\)",
+    ):
+        lib.sign_pack(a.astype(np.float64), np.zeros(5, np.int32))
+    with pytest.raises(TypeError, match="thresholds must be a numpy int32 array"):
+        lib.sign_pack(a, np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match=r"thresholds must have shape \(5,\) to match the rows"):
+        lib.sign_pack(a, np.zeros(4, np.int32))
+    xp, wp = native.pack_signs(np.ones((2, 40))), native.pack_signs(np.ones((3, 40)))
+    with pytest.raises(ValueError, match=r"thresholds must have shape \(3,\) to match the rows"):
+        lib.binary_dense_sign(xp, wp, 40, np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match="n must satisfy"):
+        lib.binary_dense_sign(xp, wp, 65, np.zeros(3, np.int32))
+
+
 def test_popcount_peak_reports_positive_rates(lib, portable):
     peak = lib.popcount_peak(threads=1, iters=200_000, trials=1)
     assert peak["threads"] == 1 and peak["scalar_gbitops"] > 0 and peak["peak_gbitops"] > 0

@@ -14,6 +14,10 @@ Typical use::
     wp = pack_signs(w)            # (rows, n)             -> (rows, words) uint32
     a = binary_dense(xp, wp, n)   # (batch, rows) int32 pre-activations
 
+A hidden layer's output signs can come out packed for the next layer straight away:
+``get_library().binary_dense_sign(xp, wp, n, t)`` gives the bits ``a < t`` (bit 1 = -1)
+without writing ``a`` to memory, and ``sign_pack(a, t)`` packs existing pre-activations.
+
 The C library is compiled with gcc on first use (see ``lightning_bet.native.build``
 for the cache location and keying) with ``-O3 -march=native``; where the CPU has
 AVX512-VPOPCNTDQ the kernel uses 512-bit ``VPOPCNTQ``, else a portable
@@ -190,6 +194,60 @@ def _padding_is_zero(packed: np.ndarray, n: int) -> bool:
     return not np.any(packed[..., full:])
 
 
+def _check_packed(
+    xpacked: np.ndarray, wpacked: np.ndarray, n: int
+) -> tuple[np.ndarray, int, int, int, int]:
+    """Validate packed inputs ``(batch, words)`` or ``(words,)`` and weights ``(rows, words)``.
+
+    Returns:
+        ``(xpacked as 2-D, batch, rows, words, n)``.
+    """
+    for name, a in (("xpacked", xpacked), ("wpacked", wpacked)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint32:
+            raise TypeError(f"{name} must be a numpy uint32 array, got {_describe(a)}")
+    if xpacked.ndim not in (1, 2):
+        raise ValueError(f"xpacked must have shape (batch, words) or (words,), got {xpacked.shape}")
+    if wpacked.ndim != 2:
+        raise ValueError(f"wpacked must have shape (rows, words), got {wpacked.shape}")
+    x2 = xpacked[None, :] if xpacked.ndim == 1 else xpacked
+    batch, words = x2.shape
+    rows, wwords = wpacked.shape
+    if wwords != words:
+        raise ValueError(
+            f"xpacked and wpacked must have the same number of words, got {words} and {wwords}"
+        )
+    n = _check_n(n, words)
+    if max(batch, rows) > _INT_MAX or words > _INT_MAX // 32:
+        raise ValueError(f"sizes too large: batch={batch}, rows={rows}, words={words}")
+    return x2, batch, rows, words, n
+
+
+def _check_rc(rc: int, function: str, **sizes: int) -> None:
+    """Turn a kernel's return code into ``MemoryError`` (-2) or ``ValueError`` (other != 0)."""
+    if rc == -2:
+        raise MemoryError(f"{function} could not allocate its work buffers")
+    if rc != 0:
+        described = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise ValueError(f"{function} rejected {described}")
+
+
+def _check_thresholding(
+    a: np.ndarray | None, thresholds: np.ndarray, source: str, rows: int
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Validate ``int32`` pre-activations ``(batch, rows)`` and thresholds ``(rows,)``."""
+    for name, x in (("a", a), ("thresholds", thresholds)):
+        if x is not None and (not isinstance(x, np.ndarray) or x.dtype != np.int32):
+            raise TypeError(f"{name} must be a numpy int32 array, got {_describe(x)}")
+    if a is not None and a.ndim != 2:
+        raise ValueError(f"a must have shape (batch, rows), got {a.shape}")
+    if thresholds.shape != (rows,):
+        raise ValueError(
+            f"thresholds must have shape ({rows},) to match the rows of {source}, got "
+            f"{thresholds.shape}"
+        )
+    return (None if a is None else np.ascontiguousarray(a)), np.ascontiguousarray(thresholds)
+
+
 def _as_u32_ptr(a: np.ndarray) -> ctypes._Pointer:
     return a.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
 
@@ -248,26 +306,8 @@ class BinaryDenseLibrary:
                 padding bits, sizes beyond ``int32`` or a bad ``out`` shape.
             MemoryError: If the kernel cannot allocate its work buffers.
         """
-        for name, a in (("xpacked", xpacked), ("wpacked", wpacked)):
-            if not isinstance(a, np.ndarray) or a.dtype != np.uint32:
-                raise TypeError(f"{name} must be a numpy uint32 array, got {_describe(a)}")
-        if xpacked.ndim not in (1, 2):
-            raise ValueError(
-                f"xpacked must have shape (batch, words) or (words,), got {xpacked.shape}"
-            )
-        if wpacked.ndim != 2:
-            raise ValueError(f"wpacked must have shape (rows, words), got {wpacked.shape}")
+        x2, batch, rows, words, n = _check_packed(xpacked, wpacked, n)
         single = xpacked.ndim == 1
-        x2 = xpacked[None, :] if single else xpacked
-        batch, words = x2.shape
-        rows, wwords = wpacked.shape
-        if wwords != words:
-            raise ValueError(
-                f"xpacked and wpacked must have the same number of words, got {words} and {wwords}"
-            )
-        n = _check_n(n, words)
-        if max(batch, rows) > _INT_MAX or words > _INT_MAX // 32:
-            raise ValueError(f"sizes too large: batch={batch}, rows={rows}, words={words}")
         if check_padding:
             for name, a in (("xpacked", x2), ("wpacked", wpacked)):
                 if not _padding_is_zero(a, n):
@@ -296,13 +336,91 @@ class BinaryDenseLibrary:
             n,
             nthreads,
         )
-        if rc == -2:
-            raise MemoryError("bdense_popcount could not allocate its work buffers")
-        if rc != 0:
-            raise ValueError(
-                f"bdense_popcount rejected batch={batch}, rows={rows}, words={words}, n={n}"
-            )
+        _check_rc(rc, "bdense_popcount", batch=batch, rows=rows, words=words, n=n)
         return out
+
+    def sign_pack(
+        self, a: np.ndarray, thresholds: np.ndarray, *, threads: int | None = None
+    ) -> np.ndarray:
+        """Packed signs ``a < t``: bit ``j`` of row ``b`` is ``a[b, j] < t[j]``.
+
+        The bits use the packing of :func:`pack_signs` (bit 1 = -1), so the result is the
+        packed input of the next binary layer.
+
+        Args:
+            a: ``int32`` pre-activations of shape ``(batch, rows)``.
+            thresholds: ``int32`` thresholds of shape ``(rows,)``.
+            threads: Worker threads; ``None`` uses all CPUs of this process.
+
+        Returns:
+            ``uint32`` array of shape ``(batch, ceil(rows / 32))``.
+
+        Raises:
+            TypeError: On non-``int32`` arrays.
+            ValueError: On mismatched shapes.
+        """
+        a, thresholds = _check_thresholding(a, thresholds, "a", a.shape[-1] if a.ndim else 0)
+        batch, rows = a.shape
+        bits = np.empty((batch, -(-rows // 32)), dtype=np.uint32)
+        rc = self.cdll.bdense_sign_pack_threads(
+            a.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            thresholds.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            _as_u32_ptr(bits),
+            batch,
+            rows,
+            _check_threads(threads),
+        )
+        _check_rc(rc, "bdense_sign_pack", batch=batch, rows=rows)
+        return bits
+
+    def binary_dense_sign(
+        self,
+        xpacked: np.ndarray,
+        wpacked: np.ndarray,
+        n: int,
+        thresholds: np.ndarray,
+        *,
+        threads: int | None = None,
+    ) -> np.ndarray:
+        """``sign_pack(binary_dense(xpacked, wpacked, n), thresholds)`` in one pass.
+
+        The AVX-512 path compares each register tile of pre-activations with the thresholds
+        and never writes the ``int32`` pre-activations to memory.
+
+        Args:
+            xpacked: Packed inputs, ``uint32`` of shape ``(batch, words)`` (zero padding).
+            wpacked: Packed weights, ``uint32`` of shape ``(rows, words)`` (zero padding).
+            n: True fan-in, ``0 <= n <= 32 * words``.
+            thresholds: ``int32`` thresholds of shape ``(rows,)``.
+            threads: Worker threads; ``None`` uses all CPUs of this process.
+
+        Returns:
+            ``uint32`` array of shape ``(batch, ceil(rows / 32))``.
+
+        Raises:
+            TypeError: On arrays of the wrong dtype.
+            ValueError: On mismatched shapes or ``n`` out of range.
+            MemoryError: If the kernel cannot allocate its work buffers.
+        """
+        if xpacked.ndim != 2:
+            raise ValueError(f"xpacked must have shape (batch, words), got {xpacked.shape}")
+        x2, batch, rows, words, n = _check_packed(xpacked, wpacked, n)
+        _, thresholds = _check_thresholding(None, thresholds, "wpacked", rows)
+        bits = np.empty((batch, -(-rows // 32)), dtype=np.uint32)
+        x2, w2 = np.ascontiguousarray(x2), np.ascontiguousarray(wpacked)
+        rc = self.cdll.bdense_popcount_sign_threads(
+            _as_u32_ptr(x2),
+            _as_u32_ptr(w2),
+            thresholds.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            _as_u32_ptr(bits),
+            batch,
+            rows,
+            words,
+            n,
+            _check_threads(threads),
+        )
+        _check_rc(rc, "bdense_popcount_sign", batch=batch, rows=rows, words=words, n=n)
+        return bits
 
     def popcount_peak(self, threads: int = 1, iters: int | None = None, trials: int = 3) -> dict:
         """Measure this CPU's popcount peak in popcount'd bits per second.

@@ -26,6 +26,7 @@
 #include "bdense.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,6 +157,9 @@ struct job {
     const uint64_t *panel; /* repacked weights (AVX-512 path) */
     size_t gs;             /* panel stride between 8-row groups, in uint64 */
     int32_t *out;
+    const int64_t *thr; /* thresholds padded with INT64_MIN (AVX-512 sign path), or NULL */
+    uint32_t *bits;     /* packed output signs (sign path), or NULL: int32 `out` */
+    int out_words;      /* words per row of `bits` */
     int batch, rows, words, n, nq;
     int bblock, rblock; /* batch and row block sizes */
     int nbb;            /* batch blocks; block i covers batch block i % nbb of
@@ -256,8 +260,10 @@ static void portable_worker(void *ctx, int tid) {
  * masked at `rows`.  nb and nr are compile-time constants at every call site.
  */
 BDENSE_INLINE void avx512_tile(const uint32_t *xb, size_t xs, const uint64_t *wp, size_t gs,
-                               int nq, int nb, int nr, int32_t *out, int b0, int j0, int rows,
-                               int n) {
+                               int nq, int nb, int nr, const struct job *job, int b0, int j0) {
+    int32_t *out = job->out;
+    const int rows = job->rows;
+    const int n = job->n;
     __m512i acc[BB][BR];
 #pragma GCC unroll 4
     for (int b = 0; b < BB; ++b) {
@@ -293,6 +299,27 @@ BDENSE_INLINE void avx512_tile(const uint32_t *xb, size_t xs, const uint64_t *wp
         }
     }
     const __m512i vn = _mm512_set1_epi64((long long)n);
+    if (job->bits != NULL) {
+        /* j0 is a multiple of 32 and this tile holds rows j0 .. j0 + 31: it alone writes
+         * word j0 / 32 of each of its inputs (rows past `rows` meet INT64_MIN: bit 0). */
+#pragma GCC unroll 4
+        for (int b = 0; b < BB; ++b) {
+            if (b < nb) {
+                uint32_t word = 0;
+#pragma GCC unroll 4
+                for (int r = 0; r < BR; ++r) {
+                    if (r < nr) {
+                        const __m512i a = _mm512_sub_epi64(vn, _mm512_slli_epi64(acc[b][r], 1));
+                        const __m512i t =
+                            _mm512_loadu_si512((const void *)(job->thr + j0 + 8 * r));
+                        word |= (uint32_t)_mm512_cmplt_epi64_mask(a, t) << (8 * r);
+                    }
+                }
+                job->bits[(size_t)(b0 + b) * job->out_words + (size_t)(j0 / 32)] = word;
+            }
+        }
+        return;
+    }
 #pragma GCC unroll 4
     for (int b = 0; b < BB; ++b) {
         if (b < nb) {
@@ -318,12 +345,11 @@ BDENSE_INLINE void avx512_tile(const uint32_t *xb, size_t xs, const uint64_t *wp
 /* Dispatch a tile with runtime nb, nr to a constant-specialised instance. */
 #define BDENSE_TILE_CASE(NB, NR)                                                               \
     case (NB) * 8 + (NR):                                                                      \
-        avx512_tile(xb, xs, wp, gs, nq, NB, NR, out, b0, j0, rows, n);                         \
+        avx512_tile(xb, xs, wp, gs, nq, NB, NR, job, b0, j0);                                  \
         break;
 
 static void avx512_tile_any(const uint32_t *xb, size_t xs, const uint64_t *wp, size_t gs,
-                            int nq, int nb, int nr, int32_t *out, int b0, int j0, int rows,
-                            int n) {
+                            int nq, int nb, int nr, const struct job *job, int b0, int j0) {
     switch (nb * 8 + nr) {
         BDENSE_TILE_CASE(1, 1)
         BDENSE_TILE_CASE(1, 2)
@@ -390,21 +416,22 @@ static void avx512_worker(void *ctx, int tid) {
             int b0 = bc0;
             if (nr == BR) {
                 for (; b0 + BB <= bc1; b0 += BB) {
-                    avx512_tile(job->x + (size_t)b0 * xs, xs, wp, gs, job->nq, BB, BR, job->out,
-                                b0, j0, job->rows, job->n);
+                    avx512_tile(job->x + (size_t)b0 * xs, xs, wp, gs, job->nq, BB, BR, job, b0,
+                                j0);
                 }
             }
             for (; b0 < bc1; b0 += BB) {
                 const int nb = bc1 - b0 < BB ? bc1 - b0 : BB;
-                avx512_tile_any(job->x + (size_t)b0 * xs, xs, wp, gs, job->nq, nb, nr, job->out,
-                                b0, j0, job->rows, job->n);
+                avx512_tile_any(job->x + (size_t)b0 * xs, xs, wp, gs, job->nq, nb, nr, job, b0,
+                                j0);
             }
         }
     }
 }
 
-static int avx512_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, int batch, int rows,
-                         int words, int n, int threads) {
+/* out (int32 pre-activations) when t == NULL, else bits (packed signs of a < t). */
+static int avx512_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, const int32_t *t,
+                         uint32_t *bits, int batch, int rows, int words, int n, int threads) {
     struct job job;
     memset(&job, 0, sizeof(job));
     const int nq = (words + 1) / 2;
@@ -412,7 +439,20 @@ static int avx512_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, int
     const size_t gs = (size_t)nq * 8;
     uint64_t *panel = NULL;
     uint32_t *xcopy = NULL;
+    int64_t *thr = NULL;
+    if (t != NULL) {
+        /* one 32-row tile may read up to 4 groups past the last row */
+        const size_t padded = (size_t)groups * 8 + 32;
+        thr = (int64_t *)malloc(padded * sizeof(int64_t));
+        if (thr == NULL) {
+            return -2;
+        }
+        for (size_t j = 0; j < padded; ++j) {
+            thr[j] = j < (size_t)rows ? (int64_t)t[j] : INT64_MIN;
+        }
+    }
     if (posix_memalign((void **)&panel, 64, (size_t)groups * gs * sizeof(uint64_t)) != 0) {
+        free(thr);
         return -2;
     }
     pack_panels(w, panel, rows, words, nq, groups);
@@ -424,6 +464,7 @@ static int avx512_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, int
     if (words & 1) {
         xcopy = (uint32_t *)malloc((size_t)batch * job.xs * sizeof(uint32_t));
         if (xcopy == NULL) {
+            free(thr);
             free(panel);
             return -2;
         }
@@ -437,6 +478,9 @@ static int avx512_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, int
     job.panel = panel;
     job.gs = gs;
     job.out = out;
+    job.thr = thr;
+    job.bits = t != NULL ? bits : NULL;
+    job.out_words = (rows + 31) / 32;
     job.batch = batch;
     job.rows = rows;
     job.words = words;
@@ -449,6 +493,7 @@ static int avx512_kernel(const uint32_t *x, const uint32_t *w, int32_t *out, int
     run_threads(avx512_worker, &job, job.nblocks < threads ? (int)job.nblocks : threads);
     free(xcopy);
     free(panel);
+    free(thr);
     return 0;
 }
 
@@ -479,7 +524,7 @@ int bdense_popcount_threads(const uint32_t *x, const uint32_t *w, int32_t *out, 
         threads = 1;
     }
 #if BDENSE_AVX512
-    return avx512_kernel(x, w, out, batch, rows, words, n, threads);
+    return avx512_kernel(x, w, out, NULL, NULL, batch, rows, words, n, threads);
 #else
     struct job job;
     memset(&job, 0, sizeof(job));
@@ -503,6 +548,101 @@ int bdense_popcount_threads(const uint32_t *x, const uint32_t *w, int32_t *out, 
 int bdense_popcount(const uint32_t *x, const uint32_t *w, int32_t *out, int batch, int rows,
                     int words, int n) {
     return bdense_popcount_threads(x, w, out, batch, rows, words, n, 1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Packed signs of thresholded pre-activations                               */
+/* ------------------------------------------------------------------------ */
+
+struct sign_job {
+    const int32_t *a;
+    const int32_t *t;
+    uint32_t *bits;
+    int batch, rows, words, threads;
+};
+
+static void sign_pack_worker(void *ctx, int tid) {
+    const struct sign_job *job = (const struct sign_job *)ctx;
+    const int chunk = (job->batch + job->threads - 1) / job->threads;
+    const int b0 = tid * chunk;
+    const int b1 = b0 + chunk < job->batch ? b0 + chunk : job->batch;
+    const int32_t *t = job->t;
+    for (int b = b0; b < b1; ++b) {
+        const int32_t *ab = job->a + (size_t)b * job->rows;
+        uint32_t *ob = job->bits + (size_t)b * job->words;
+        for (int k = 0; k < job->words; ++k) {
+            const int j0 = 32 * k;
+            const int jn = job->rows - j0 < 32 ? job->rows - j0 : 32;
+#if BDENSE_AVX512
+            if (jn == 32) {
+                const __mmask16 lo = _mm512_cmplt_epi32_mask(
+                    _mm512_loadu_si512((const void *)(ab + j0)),
+                    _mm512_loadu_si512((const void *)(t + j0)));
+                const __mmask16 hi = _mm512_cmplt_epi32_mask(
+                    _mm512_loadu_si512((const void *)(ab + j0 + 16)),
+                    _mm512_loadu_si512((const void *)(t + j0 + 16)));
+                ob[k] = (uint32_t)lo | ((uint32_t)hi << 16);
+                continue;
+            }
+#endif
+            uint32_t word = 0;
+            for (int i = 0; i < jn; ++i) {
+                word |= (uint32_t)(ab[j0 + i] < t[j0 + i]) << i;
+            }
+            ob[k] = word;
+        }
+    }
+}
+
+int bdense_sign_pack_threads(const int32_t *a, const int32_t *t, uint32_t *bits, int batch,
+                             int rows, int threads) {
+    if (batch < 0 || rows < 0 || (batch > 0 && rows > 0 && (a == NULL || bits == NULL)) ||
+        (rows > 0 && t == NULL)) {
+        return -1;
+    }
+    if (batch == 0 || rows == 0) {
+        return 0;
+    }
+    struct sign_job job = {a, t, bits, batch, rows, (rows + 31) / 32, resolve_threads(threads)};
+    if ((long long)batch * rows < (1LL << 18)) {
+        job.threads = 1; /* a thread start costs more than this pass */
+    }
+    if (job.threads > batch) {
+        job.threads = batch;
+    }
+    run_threads(sign_pack_worker, &job, job.threads);
+    return 0;
+}
+
+int bdense_popcount_sign_threads(const uint32_t *x, const uint32_t *w, const int32_t *t,
+                                 uint32_t *bits, int batch, int rows, int words, int n,
+                                 int threads) {
+    if (check_args(x, w, (const int32_t *)(const void *)bits, batch, rows, words, n) != 0 ||
+        (rows > 0 && t == NULL)) {
+        return -1;
+    }
+    if (batch == 0 || rows == 0) {
+        return 0;
+    }
+#if BDENSE_AVX512
+    if (words > 0) {
+        threads = resolve_threads(threads);
+        if ((long long)batch * rows * words < (1LL << 20)) {
+            threads = 1;
+        }
+        return avx512_kernel(x, w, NULL, t, bits, batch, rows, words, n, threads);
+    }
+#endif
+    int32_t *a = (int32_t *)malloc((size_t)batch * rows * sizeof(int32_t));
+    if (a == NULL) {
+        return -2;
+    }
+    int rc = bdense_popcount_threads(x, w, a, batch, rows, words, n, threads);
+    if (rc == 0) {
+        rc = bdense_sign_pack_threads(a, t, bits, batch, rows, threads);
+    }
+    free(a);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */

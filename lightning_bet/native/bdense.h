@@ -40,6 +40,30 @@ int bdense_popcount(const uint32_t *x, const uint32_t *w, int32_t *out, int batc
 int bdense_popcount_threads(const uint32_t *x, const uint32_t *w, int32_t *out, int batch,
                             int rows, int words, int n, int threads);
 
+/*
+ * Packed signs of thresholded pre-activations: bit j of bits[b, :] (LSB-first, j / 32-th
+ * word) is 1 (the sign -1) iff a[b, j] < t[j]; padding bits past `rows` are 0.
+ *
+ * a:    batch x rows int32, row-major.
+ * t:    rows int32 thresholds.
+ * bits: batch x ceil(rows / 32) uint32, row-major.
+ *
+ * Runs on `threads` threads (<= 0: all online CPUs).  Returns 0 on success, -1 on invalid
+ * arguments.
+ */
+int bdense_sign_pack_threads(const int32_t *a, const int32_t *t, uint32_t *bits, int batch,
+                             int rows, int threads);
+
+/*
+ * The next layer's packed input signs straight from the popcount: bits as in
+ * bdense_sign_pack_threads for a = the output of bdense_popcount_threads, without
+ * materialising a (the AVX-512 path thresholds each tile in registers).
+ * Returns 0 on success, -1 on invalid arguments, -2 when a work buffer cannot be allocated.
+ */
+int bdense_popcount_sign_threads(const uint32_t *x, const uint32_t *w, const int32_t *t,
+                                 uint32_t *bits, int batch, int rows, int words, int n,
+                                 int threads);
+
 /* Straightforward reference (32-bit __builtin_popcount, one thread, no tiling). */
 int bdense_popcount_reference(const uint32_t *x, const uint32_t *w, int32_t *out, int batch,
                               int rows, int words, int n);

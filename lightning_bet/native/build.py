@@ -192,6 +192,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.bdense_popcount_reference.restype = ctypes.c_int
     lib.bdense_popcount_threads.argtypes = [*kernel_args, ctypes.c_int]
     lib.bdense_popcount_threads.restype = ctypes.c_int
+    lib.bdense_sign_pack_threads.argtypes = [_i32p, _i32p, _u32p, *[ctypes.c_int] * 3]
+    lib.bdense_sign_pack_threads.restype = ctypes.c_int
+    lib.bdense_popcount_sign_threads.argtypes = [_u32p, _u32p, _i32p, _u32p, *[ctypes.c_int] * 5]
+    lib.bdense_popcount_sign_threads.restype = ctypes.c_int
     for name in ("bdense_peak_vector", "bdense_peak_scalar"):
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.c_int, ctypes.c_longlong]
