@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import Metric
 
+from lightning_bet._threads import single_torch_thread
 from lightning_bet.functional.margins import (
     fold_batchnorm,
     output_margin,
@@ -117,24 +118,6 @@ def capture_activations(net: BNN, rows: int | None = None) -> Iterator[dict[str,
             handle.remove()
 
 
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run the statistics with one intra-op thread, restoring the previous count after.
-
-    The statistics are many cheap elementwise passes over a few hundred thousand values; on a
-    busy CPU, waking a thread pool for each costs more than the arithmetic (measured 5-15x
-    slower with 2 threads than with 1 on a loaded 2-core machine).
-    """
-    threads = torch.get_num_threads()
-    try:
-        if threads != 1:
-            torch.set_num_threads(1)
-        yield
-    finally:
-        if threads != 1:
-            torch.set_num_threads(threads)
-
-
 def _sum_squares(block: nn.Module, x: Tensor) -> Tensor:
     """``sum_i x_i^2`` over each neuron's receptive field, broadcastable to the pre-activation."""
     layer = block.layer
@@ -158,10 +141,11 @@ class BitErrorTolerance(Metric):
     the margin ``a_y - max_{c != y} a_c`` normalized by ``sqrt(n)``.
 
     Cost: the statistics are about fifteen elementwise passes per layer plus one ``erf`` pass
-    over all error rates, run single-threaded (see ``_single_thread``), with the BatchNorm
-    folding cached while the BatchNorm is unchanged;
-    :class:`~lightning_bet.callbacks.bet_logging.BetLogging` reuses the validation forward pass
-    and by default feeds 32 samples per batch.
+    over all error rates, run on one intra-op thread (on a busy CPU, waking a thread pool for
+    each of these cheap passes costs more than the arithmetic: measured 5-15x slower with 2
+    threads than with 1 on a loaded 2-core machine), with the BatchNorm folding cached while
+    the BatchNorm is unchanged; :class:`~lightning_bet.callbacks.bet_logging.BetLogging` reuses
+    the validation forward pass and by default feeds the hidden layers 16 samples per batch.
 
     ``compute()`` returns a flat dict of 0-dim tensors:
 
@@ -284,7 +268,7 @@ class BitErrorTolerance(Metric):
 
         """
         if isinstance(x, dict):
-            with _single_thread():
+            with single_torch_thread():
                 self._accumulate(x, y)
             return
         self._check_batch(x, y)
@@ -297,7 +281,7 @@ class BitErrorTolerance(Metric):
         finally:
             for module, mode in zip(net.modules(), modes, strict=True):
                 module.training = mode
-        with _single_thread():
+        with single_torch_thread():
             self._accumulate(records, y)
 
     @staticmethod

@@ -98,6 +98,29 @@ def test_int8_first_layer_sparse_correction_and_dense_agree_with_naive(monkeypat
             np.testing.assert_array_equal(ev.predictions(maps, slice(37, 190)), expected[37:190])
 
 
+def test_int8_first_layer_split_over_threads_agrees_with_naive(monkeypatch):
+    import lightning_bet.functional.fast_forward as ff
+
+    monkeypatch.setattr(ff, "_SPARSE_COST", 10**9)  # always the dense int8 matmul
+    monkeypatch.setattr(ff, "_MIN_ROWS_PER_THREAD", 16)
+    net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (72, 40)), seed=4)
+    x, y = _digits_like(n=101, levels=16, seed=3)  # 101 rows: uneven chunks
+    layers = [layer for _, layer in binary_layers(net)]
+    maps = fault_maps(layers, FaultModel(p=0.05), 2, 0.05, 0)
+    with torch.no_grad():
+        expected = _flipped_copy(net, maps)(x).argmax(1).numpy()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        ev = ff.FastDenseEvaluator(net, x, y)
+        np.testing.assert_array_equal(ev.predictions(maps), expected)
+        np.testing.assert_array_equal(ev.predictions(maps, slice(5, 90)), expected[5:90])
+        assert ev._pool is not None and ev._pool._max_workers == 3  # the split path ran
+        assert torch.get_num_threads() == 3  # restored
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_per_batch_semantics_fast_equals_naive_and_differs_from_fixed():
     net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (32, 32)))
     x, y = _digits_like(n=250)
