@@ -326,7 +326,7 @@ def test_checkpoint_inside_training_step_holds_clean_weights(tmp_path):
 
 
 def test_validation_sees_clean_weights_and_rate_is_logged():
-    model = Failing("skip", hidden=(16, 12))  # batch 2 skips backward: restored at batch end
+    model = Failing("skip", hidden=(16, 12))  # batch 2 skips backward: maps cleared at batch end
     cb = BitFlipTraining(p=0.25, variant="straight_through")
     probe = Probe(cb)
     t = trainer(max_epochs=2, val_check_interval=2, callbacks=[cb, probe])
