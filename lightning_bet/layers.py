@@ -32,6 +32,13 @@ class _BinaryMixin:
     #: cleared by ``BitFlipTraining`` around each training micro-batch; not part of the state.
     sign_flips: SignFlips | None = None
 
+    def __getstate__(self) -> dict:
+        # a fault map belongs to one training micro-batch of this instance: copies and pickles
+        # (deepcopy, torch.save of the module, ddp_spawn) start clean
+        state = super().__getstate__()  # nn.Module's: a copy of __dict__
+        state.pop("sign_flips", None)
+        return state
+
     def binary_weight(self) -> Tensor:
         """The clean ``sign(weight)`` with the weight STE, shape of ``weight``.
 

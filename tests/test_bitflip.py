@@ -124,6 +124,21 @@ def test_binarize_weight_flipped_against_dense_mask(negate_gradient):
     assert torch.equal(w.detach().view(torch.int32), before.view(torch.int32))  # never written
 
 
+def test_copies_and_pickles_of_a_layer_drop_its_fault_map():
+    import pickle
+
+    layer = one_layer()[0]
+    layer.sign_flips = SignFlips(torch.tensor([0, 5]))
+    x = torch.ones(1, 4)
+    for copy_ in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert copy_.sign_flips is None
+        np.testing.assert_array_equal(
+            copy_(x).detach().numpy(), x.numpy() @ sign_np(boundary_weights().numpy()).T
+        )
+    assert layer.sign_flips is not None  # the original keeps it
+    assert not torch.equal(layer(x), copy.deepcopy(layer)(x))
+
+
 def test_binarize_weight_flipped_rejects_bad_indices():
     w = torch.zeros(2, 3)
     with pytest.raises(
