@@ -238,8 +238,8 @@ class _Popcount:
     def threshold(self, a: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Packed bits ``a < t`` (True = -1) of int32 pre-activations ``(N, C)``."""
         if self.lib is not None:
-            # one thread: called right after a torch matmul, whose OpenMP pool is still
-            # spinning (2 threads measured 1.5x slower than 1 here)
+            # one thread: it follows a torch matmul, and its own threads then compete with
+            # torch's OpenMP pool (measured 2.6 ms with 2 threads, 1.75 ms with 1)
             return self.lib.sign_pack(a, t.reshape(-1).astype(np.int32, copy=False), threads=1)
         return _pack_rows(a < t)
 
@@ -387,10 +387,10 @@ class FastDenseEvaluator:
         """Packed first-layer output bits from one exact int8 matmul ``q @ w^T``.
 
         The samples are split over as many Python threads as torch has intra-op threads, each
-        running a one-thread matmul and thresholding its rows: torch's own pool leaves its
-        OpenMP threads spinning after the product, which slowed the native popcount kernel
-        that follows (FCNN 784-1024-1024-10, 10,000 samples, 2 cores: 44-51 ms per fault map
-        through the pool, 28-30 ms split).
+        running a one-thread matmul and thresholding its rows, instead of one matmul on torch's
+        OpenMP pool followed by the native kernels on threads of their own (FCNN
+        784-1024-1024-10, 10,000 samples, 2 cores: 44-51 ms per fault map through the pool,
+        28-30 ms split).
         """
         q = self.q[cols]
 
