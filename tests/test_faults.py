@@ -217,3 +217,28 @@ def test_sample_positions_messages_and_dict_round_trip():
     assert FaultModel.from_dict(model.to_dict()) == model
     assert FaultModel(p=0.1).is_symmetric and not model.is_symmetric
     assert FaultModel().is_null and not model.is_null
+
+
+@pytest.mark.parametrize(
+    ("p", "count", "crc"),
+    [(0.001, 785, 1361441732), (0.1, 80083, 4059626079), (0.3, 240952, 4128268350)],
+)
+def test_fault_map_stream_is_pinned(p, count, crc):
+    # The committed reproduction, the README's figures and every shared fault map (training,
+    # sweeps, bitstream emulation) come from this stream: changing it must be deliberate.
+    # (Pinned from the implementation the reproduction was made with.)
+    import zlib
+
+    index = sample_positions(802816, p, make_generator(0, "stream", p))
+    assert index.dtype == torch.int64 and index.numel() == count
+    assert zlib.crc32(index.numpy().astype("<i8").tobytes()) == crc
+
+
+def test_asymmetric_and_stuck_at_stream_is_pinned():
+    import zlib
+
+    stored = torch.arange(-600.0, 600.0).reshape(30, 40)
+    model = FaultModel(p01=0.05, p10=0.01, stuck_at_1=0.02)
+    index = sample_fault_indices(stored, model, make_generator(0, "stream"))
+    assert index.numel() == 42
+    assert zlib.crc32(index.numpy().astype("<i8").tobytes()) == 1838416853
