@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightning_bet._validation import check_positive_int
 from lightning_bet.functional.binarize import binarize_activation, binarize_weight
 from lightning_bet.functional.flips import SignFlips, binarize_weight_flipped
 
@@ -89,8 +90,7 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         binarize_input: bool = True,
     ) -> None:
         for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected `{name}` to be a positive int, but got {value!r}")
+            check_positive_int(name, value)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.binarize_input = binarize_input
 
@@ -149,8 +149,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         binarize_input: bool = True,
     ) -> None:
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected `{name}` to be a positive int, but got {value!r}")
+            check_positive_int(name, value)
         super().__init__(
             in_channels,
             out_channels,

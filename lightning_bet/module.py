@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_bet._validation import check_positive_int
 from lightning_bet.functional.losses import LOSSES, resolve_loss
 from lightning_bet.layers import clip_latent_weights_
 from lightning_bet.models import build_model
@@ -73,10 +74,7 @@ class BNNClassifier(L.LightningModule):
         for name, value in (("lr", lr), ("lr_gamma", lr_gamma)):
             if not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"Expected `{name}` to be a float > 0, but got {value!r}")
-        if isinstance(lr_step_size, bool) or not isinstance(lr_step_size, int) or lr_step_size < 1:
-            raise ValueError(
-                f"Expected `lr_step_size` to be a positive int, but got {lr_step_size!r}"
-            )
+        check_positive_int("lr_step_size", lr_step_size)
         self.save_hyperparameters()
         self.net = build_model(arch, input_shape, num_classes, hidden, binarize_input)
         self.criterion = resolve_loss(loss, mhl_b=mhl_b, mcel_margin=mcel_margin)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_bet._validation import is_probability
 from lightning_bet.functional.binarize import sign
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
 from lightning_bet.layers import binary_layers
@@ -177,7 +178,7 @@ def _check_grid(error_rates: Sequence[float]) -> list[float]:
     if not rates:
         raise ValueError("Expected `error_rates` to be a non-empty list, but got []")
     for p in rates:
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+        if not is_probability(p):
             raise ValueError(
                 f"Expected every error rate in `error_rates` to be a float in [0, 1], but got {p!r}"
             )

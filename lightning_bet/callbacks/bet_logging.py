@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from lightning_bet._validation import check_positive_int
 from lightning_bet.metrics import DEFAULT_ERROR_RATES, BitErrorTolerance, capture_activations
 
 __all__ = ["BetLogging"]
@@ -55,15 +56,8 @@ class BetLogging(Callback):
         self.quantiles = tuple(quantiles)
         self.prefix = prefix
         self.per_layer = bool(per_layer)
-        if samples_per_batch is not None and (
-            isinstance(samples_per_batch, bool)
-            or not isinstance(samples_per_batch, int)
-            or samples_per_batch < 1
-        ):
-            raise ValueError(
-                "Expected `samples_per_batch` to be a positive int or None, but got "
-                f"{samples_per_batch!r}"
-            )
+        if samples_per_batch is not None:
+            check_positive_int("samples_per_batch", samples_per_batch, "a positive int or None")
         self.samples_per_batch = samples_per_batch
         self.metric: BitErrorTolerance | None = None
         self._stack: ExitStack | None = None

@@ -23,7 +23,6 @@ batch, on exceptions and before validation/test/predict; a checkpoint never hold
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
@@ -32,6 +31,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from lightning_bet._validation import check_probability, is_probability
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
 from lightning_bet.functional.flips import SignFlips, scale_fault_model
 from lightning_bet.layers import BinaryConv2d, BinaryLinear, binary_layers
@@ -42,18 +42,6 @@ VARIANTS = ("straight_through", "hirtzlin")
 
 #: Strategies that shard parameters: a rank does not hold whole weight tensors to flip.
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
-
-
-def _check_rate(name: str, value: Any) -> float:
-    """Return ``value`` as a float if it is a real number in [0, 1], else raise ``ValueError``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or not 0.0 <= value <= 1.0
-    ):
-        raise ValueError(f"Expected `{name}` to be a float in [0, 1], but got {value!r}")
-    return float(value)
 
 
 def _as_relative_fault(fault: FaultModel | dict[str, float | None] | None) -> FaultModel:
@@ -132,7 +120,7 @@ class BitFlipTraining(Callback):
         prefetch: bool | None = None,
     ) -> None:
         if not callable(p):
-            _check_rate("p", p)
+            check_probability("p", p)
         if variant not in VARIANTS:
             raise ValueError(
                 f"Expected `variant` to be one of {list(VARIANTS)}, but got {variant!r}"
@@ -207,12 +195,7 @@ class BitFlipTraining(Callback):
         if not callable(self.p):
             return float(self.p)
         value = self.p(epoch)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or math.isnan(value)
-            or not 0.0 <= value <= 1.0
-        ):
+        if not is_probability(value):
             raise ValueError(
                 f"Expected the `p` schedule to return a float in [0, 1], but got {value!r} at "
                 f"epoch {epoch}"

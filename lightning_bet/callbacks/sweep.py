@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from lightning_bet._validation import check_positive_int
 from lightning_bet.functional.faults import FaultModel
 from lightning_bet.sweep import DEFAULT_ERROR_RATES, SEMANTICS, SweepResult, _check_grid, sweep
 
@@ -58,21 +59,13 @@ class SweepCallback(Callback):
         out_dir: str | None = None,
     ) -> None:
         self.error_rates = _check_grid(error_rates)
-        if isinstance(realizations, bool) or not isinstance(realizations, int) or realizations < 1:
-            raise ValueError(f"Expected `realizations` to be an int >= 1, but got {realizations!r}")
+        check_positive_int("realizations", realizations, "an int >= 1")
         if semantics not in SEMANTICS:
             raise ValueError(
                 f"Expected `semantics` to be one of {list(SEMANTICS)}, but got {semantics!r}"
             )
-        if every_n_epochs is not None and (
-            isinstance(every_n_epochs, bool)
-            or not isinstance(every_n_epochs, int)
-            or every_n_epochs < 1
-        ):
-            raise ValueError(
-                "Expected `every_n_epochs` to be a positive int or None, but got "
-                f"{every_n_epochs!r}"
-            )
+        if every_n_epochs is not None:
+            check_positive_int("every_n_epochs", every_n_epochs, "a positive int or None")
         self.realizations = realizations
         self.seed = seed
         self.semantics = semantics

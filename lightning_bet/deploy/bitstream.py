@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightning_bet._validation import check_positive_int
 from lightning_bet.deploy.model import DeployLayer, DeployModel
 
 __all__ = [
@@ -119,8 +120,7 @@ def unpack_rows(words: np.ndarray, in_features: int) -> np.ndarray:
 
     """
     array = np.asarray(words)
-    if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-        raise ValueError(f"Expected `in_features` to be an int >= 1, but got {in_features!r}")
+    check_positive_int("in_features", in_features, "an int >= 1")
     if array.ndim not in (1, 2) or array.shape[-1] != _words(in_features):
         raise ValueError(
             f"Expected `words` of shape (out, {_words(in_features)}) for in_features="

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_bet._validation import is_positive_int
 from lightning_bet.cli import load_checkpoint, make_cli_quietly
 from lightning_bet.deploy.bitstream import FORMAT_VERSION, read_bitstream, write_bitstream
 from lightning_bet.deploy.emulate import emulate
@@ -57,7 +58,7 @@ def integer_test_split(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor, tor
 
     """
     levels = getattr(datamodule, "input_levels", None)
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+    if not is_positive_int(levels):
         raise ValueError(
             f"Expected the datamodule {type(datamodule).__name__} to define an int "
             f"`input_levels` >= 1 (inputs q / input_levels), but got {levels!r}"

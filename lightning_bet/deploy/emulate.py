@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_bet._validation import check_positive_int
 from lightning_bet.deploy.bitstream import (
     PackedModel,
     parse_bitstream,
@@ -172,8 +173,7 @@ def faulty_bitstreams(
     layers: Sequence[int] | None = None,
 ) -> Iterator[bytes]:
     """Yield the faulty bitstream of each realization ``0 .. realizations - 1``."""
-    if isinstance(realizations, bool) or not isinstance(realizations, int) or realizations < 1:
-        raise ValueError(f"Expected `realizations` to be an int >= 1, but got {realizations!r}")
+    check_positive_int("realizations", realizations, "an int >= 1")
     packed = parse_bitstream(data)
     for r in range(realizations):
         yield inject_faults(data, fault_indices(packed, fault_model, seed, r, key, layers))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_bet._validation import check_positive_int
 from lightning_bet.deploy.model import DeployLayer, DeployModel
 from lightning_bet.functional.margins import fold_batchnorm
 from lightning_bet.layers import BinaryLinear
@@ -133,8 +134,7 @@ def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
         [(16, 64), (10, 16)]
 
     """
-    if isinstance(input_levels, bool) or not isinstance(input_levels, int) or input_levels < 1:
-        raise ValueError(f"Expected `input_levels` to be an int >= 1, but got {input_levels!r}")
+    check_positive_int("input_levels", input_levels, "an int >= 1")
     blocks = getattr(net, "blocks", None)
     head = getattr(net, "head", None)
     if blocks is None or head is None or not isinstance(getattr(head, "layer", None), BinaryLinear):

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lightning_bet._validation import check_positive_int, is_positive_int
+
 __all__ = ["DeployLayer", "DeployModel"]
 
 
@@ -130,9 +132,8 @@ class DeployModel:
                     f"outputs of layer {i - 1}), but got shape {layer.shape}"
                 )
         levels = self.input_levels
-        if isinstance(levels, bool) or not isinstance(levels, int | np.integer) or levels < 1:
-            raise ValueError(f"Expected `input_levels` to be an int >= 1, but got {levels!r}")
-        object.__setattr__(self, "input_levels", int(levels))
+        levels = check_positive_int("input_levels", levels, "an int >= 1", (int, np.integer))
+        object.__setattr__(self, "input_levels", levels)
         scale = self.scale
         if (
             isinstance(scale, bool)
@@ -143,7 +144,7 @@ class DeployModel:
             raise ValueError(f"Expected `scale` to be a finite float > 0, but got {scale!r}")
         object.__setattr__(self, "scale", float(scale))
         shape = tuple(self.input_shape)
-        if any(isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 1 for s in shape):
+        if not all(is_positive_int(s, (int, np.integer)) for s in shape):
             raise ValueError(
                 f"Expected `input_shape` to be a tuple of positive ints, but got {shape!r}"
             )

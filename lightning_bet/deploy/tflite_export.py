@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lightning_bet._validation import check_positive_int
 from lightning_bet.deploy.model import DeployModel
 
 __all__ = [
@@ -176,8 +177,7 @@ def _validated_layers(
     if not isinstance(model, DeployModel):
         raise TypeError(f"Expected `model` to be a DeployModel, but got {type(model).__name__}")
     levels = model.input_levels
-    if isinstance(levels, bool) or not isinstance(levels, int | np.integer) or levels < 1:
-        raise ValueError(f"Expected `model.input_levels` to be a positive int, but got {levels!r}")
+    check_positive_int("model.input_levels", levels, types=(int, np.integer))
     if not isinstance(model.scale, int | float | np.floating) or not model.scale > 0:
         raise ValueError(f"Expected `model.scale` to be a float > 0, but got {model.scale!r}")
     layers = tuple(model.layers)
@@ -636,8 +636,7 @@ def run_tflite(
         raise ValueError(
             f"Expected `op_resolver` to be one of {list(_OP_RESOLVERS)}, but got {op_resolver!r}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be a positive int, but got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     features = meta["layers"][0][1]
     levels = meta["input_levels"]
     q = np.asarray(q)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_bet._validation import check_probability
+
 __all__ = [
     "FaultModel",
     "derive_seed",
@@ -38,13 +40,6 @@ __all__ = [
 
 #: Above this probability a dense ``rand < p`` draw is cheaper than sparse sampling.
 _DENSE_ABOVE = 0.25
-
-
-def _check_probability(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        # `not 0 <= nan <= 1` is True, so NaN lands here too.
-        raise ValueError(f"Expected `{name}` to be a float in [0, 1], but got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -76,11 +71,11 @@ class FaultModel:
 
     def __post_init__(self) -> None:
         for name in ("p", "stuck_at_0", "stuck_at_1"):
-            _check_probability(name, getattr(self, name))
+            check_probability(name, getattr(self, name))
         for name in ("p01", "p10"):
             value = getattr(self, name)
             if value is not None:
-                _check_probability(name, value)
+                check_probability(name, value)
         asymmetric = self.p01 is not None or self.p10 is not None
         if asymmetric and self.p != 0.0:
             raise ValueError(
@@ -169,7 +164,7 @@ def sample_positions(numel: int, p: float, generator: torch.Generator | None = N
         int64 tensor ``(K,)``, sorted ascending, ``E[K] = numel * p``.
 
     """
-    p = _check_probability("p", p)
+    p = check_probability("p", p)
     device = generator.device if generator is not None else torch.device("cpu")
     if numel <= 0 or p == 0.0:
         return torch.empty(0, dtype=torch.long, device=device)

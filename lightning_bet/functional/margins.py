@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_bet._validation import check_probability
+
 __all__ = [
     "binary_preactivation",
     "decision_side",
@@ -59,12 +61,6 @@ def fold_batchnorm(
     tau = torch.where(zero, torch.where(beta >= 0, -inf, inf), tau)
     d = torch.where(gamma < 0, -torch.ones_like(gamma), torch.ones_like(gamma))
     return tau, d
-
-
-def _check_error_rate(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"Expected `{name}` to be a float in [0, 1], but got {value!r}")
-    return float(value)
 
 
 def binary_preactivation(x: Tensor, weight: Tensor) -> Tensor:
@@ -240,7 +236,7 @@ def flip_probability(
         float64 tensor shaped like ``a`` with probabilities in [0, 1].
 
     """
-    p = _check_error_rate("p", p)
+    p = check_probability("p", p)
     s = decision_side(a, tau, d)
     shape = (1, -1) + (1,) * (a.dim() - 2)
     sigma = torch.where(s >= 0, 1.0, -1.0).to(torch.float64)
