@@ -65,6 +65,12 @@ static int resolve_threads(int threads) {
     return threads > BDENSE_MAX_THREADS ? BDENSE_MAX_THREADS : threads;
 }
 
+/* Worker threads for a popcount of batch x rows x words: starting a thread costs tens of
+ * microseconds, the time of ~10^7 binary MACs, so small calls run on the calling thread. */
+static int popcount_threads(int threads, int batch, int rows, int words) {
+    return (long long)batch * rows * words < (1LL << 20) ? 1 : resolve_threads(threads);
+}
+
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -511,18 +517,13 @@ int bdense_popcount_threads(const uint32_t *x, const uint32_t *w, int32_t *out, 
     if (batch == 0 || rows == 0) {
         return 0;
     }
-    threads = resolve_threads(threads);
     if (words == 0) {
         for (size_t i = 0; i < (size_t)batch * rows; ++i) {
             out[i] = n;
         }
         return 0;
     }
-    /* Starting a thread costs tens of microseconds, the time of ~10^7 binary
-     * MACs: small calls run on the calling thread only. */
-    if ((long long)batch * rows * words < (1LL << 20)) {
-        threads = 1;
-    }
+    threads = popcount_threads(threads, batch, rows, words);
 #if BDENSE_AVX512
     return avx512_kernel(x, w, out, NULL, NULL, batch, rows, words, n, threads);
 #else
@@ -626,11 +627,8 @@ int bdense_popcount_sign_threads(const uint32_t *x, const uint32_t *w, const int
     }
 #if BDENSE_AVX512
     if (words > 0) {
-        threads = resolve_threads(threads);
-        if ((long long)batch * rows * words < (1LL << 20)) {
-            threads = 1;
-        }
-        return avx512_kernel(x, w, NULL, t, bits, batch, rows, words, n, threads);
+        return avx512_kernel(x, w, NULL, t, bits, batch, rows, words, n,
+                             popcount_threads(threads, batch, rows, words));
     }
 #endif
     int32_t *a = (int32_t *)malloc((size_t)batch * rows * sizeof(int32_t));
