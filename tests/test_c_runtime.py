@@ -43,6 +43,7 @@ from lightning_bet.deploy.c_runner import (
 )
 from lightning_bet.deploy.fold import deploy_forward, to_deploy
 from lightning_bet.deploy.model import DeployLayer, DeployModel
+from tests.deploy_models import random_deploy_model
 
 pytestmark = pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler"
@@ -74,23 +75,14 @@ def first_argmax(logits: np.ndarray) -> np.ndarray:
 
 
 def random_model(sizes, levels, rng, q, scale=0.25, input_shape=None) -> DeployModel:
-    """Random weights; thresholds taken from real pre-activations of ``q`` (so ``a == T`` occurs),
-    constant neurons (thresholds just outside the reachable range) and random directions."""
-    layers = []
-    v = q.reshape(len(q), -1).astype(np.int64)
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
-        w = rng.choice(np.array([-1, 1], np.int8), size=(n_out, n_in))
-        if i == len(sizes) - 2:
-            layers.append(DeployLayer(w, None, None, i > 0))
-            break
-        a = v @ w.astype(np.int64).T
-        t = a[rng.integers(0, len(a), n_out), np.arange(n_out)].copy()
+    """Random network (tests.deploy_models) whose first two neurons per hidden layer have
+    thresholds just outside the reachable range (the bitstream holds int32 thresholds)."""
+
+    def constants(i: int, n_in: int) -> list[int]:
         bound = n_in * (levels if i == 0 else 1) + 1
-        t[: min(2, n_out)] = [bound, -bound][: min(2, n_out)]
-        d = rng.choice(np.array([-1, 1], np.int8), size=n_out)
-        layers.append(DeployLayer(w, t.astype(np.int64), d, i > 0))
-        v = np.where(d * (a - t) >= 0, 1, -1)
-    return DeployModel(tuple(layers), levels, scale, input_shape or (sizes[0],))
+        return [bound, -bound]
+
+    return random_deploy_model(sizes, levels, rng, q, constants, scale, input_shape)
 
 
 def assert_agrees(model: DeployModel, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from lightning_bet.deploy.tflite_export import (
     tflite_size_report,
     write_tflite,
 )
+from tests.deploy_models import random_deploy_model
 
 RESOLVERS = ["auto", "builtin", "reference"]
 _WEIGHTS = ["float32", "int8"]
@@ -59,23 +60,10 @@ def first_argmax(logits: np.ndarray) -> np.ndarray:
 
 
 def random_model(sizes, levels, rng, q) -> DeployModel:
-    """Random +-1 weights; thresholds drawn from the real pre-activations of ``q`` (so that
-    ``a == T`` happens), a few constant neurons (thresholds beyond the range) and random
-    directions."""
-    layers = []
-    v = q.reshape(len(q), -1).astype(np.int64)
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
-        w = rng.choice(np.array([-1, 1], np.int8), size=(n_out, n_in))
-        if i == len(sizes) - 2:
-            layers.append(DeployLayer(w, None, None, i > 0))
-            break
-        a = v @ w.astype(np.int64).T
-        t = a[rng.integers(0, len(a), n_out), np.arange(n_out)].copy()
-        t[:4] = [2**40, -(2**40), 2**62, -(2**62)]  # gamma = 0 style: constant outputs
-        d = rng.choice(np.array([-1, 1], np.int8), size=n_out)
-        layers.append(DeployLayer(w, t.astype(np.int64), d, i > 0))
-        v = np.where(d * (a - t) >= 0, 1, -1)
-    return DeployModel(tuple(layers), levels, 0.125, (sizes[0],))
+    """Random network (tests.deploy_models) with four constant neurons per hidden layer whose
+    thresholds lie far beyond int32 (gamma = 0 style)."""
+    far = [2**40, -(2**40), 2**62, -(2**62)]
+    return random_deploy_model(sizes, levels, rng, q, lambda i, n_in: far, scale=0.125)
 
 
 @pytest.fixture(scope="module")
