@@ -51,10 +51,6 @@ def train_recipe(recipe: str | Path, out_dir: Path, *overrides: str) -> dict[str
     }
 
 
-def _summarize(result: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in result.items() if key not in ("cli", "ckpt", "config")}
-
-
 def main(out: str = "runs/demo") -> dict[str, Any]:
     """Run the demo and write ``<out>/summary.json``.
 
