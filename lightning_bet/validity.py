@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from lightning_bet._threads import single_torch_thread
+from lightning_bet._validation import check_positive_int
 
 __all__ = ["ModelSpec", "cli_main", "default_model_set", "run_validity", "spearman"]
 
@@ -151,17 +153,12 @@ def run_validity(
         raise ValueError(
             f"Expected `dataset` to be 'digits' (the embedded dataset), but got {dataset!r}"
         )
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"Expected `epochs` to be a positive int, but got {epochs!r}")
+    check_positive_int("epochs", epochs)
     specs = list(specs) if specs is not None else default_model_set()
     if len(specs) < 3:
         raise ValueError(f"Expected at least 3 models to rank, but got {len(specs)}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: thread wake-ups cost more than the arithmetic
-    try:
+    with single_torch_thread():  # tiny models: thread wake-ups cost more than the arithmetic
         return _run(specs, dataset, out_dir, epochs, realizations, seed, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(

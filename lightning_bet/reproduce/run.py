@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from lightning_bet._threads import torch_threads
 from lightning_bet.reproduce.models import DatasetConfig, ModelSpec
 
 __all__ = [
@@ -349,13 +350,8 @@ def run_model_set(
         (checkpoint and results reused).
 
     """
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(specs, dataset, out, error_rates, realizations, sweep_seed, data_dir, progress)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _trained_as(model_dir: Path, spec: ModelSpec) -> bool:
