@@ -11,6 +11,9 @@ import torch
 
 from lightning_bet.functional.faults import (
     FaultModel,
+    _gap_tables,
+    bernoulli_positions,
+    bernoulli_positions_numpy,
     derive_seed,
     make_generator,
     sample_fault_indices,
@@ -221,12 +224,12 @@ def test_sample_positions_messages_and_dict_round_trip():
 
 @pytest.mark.parametrize(
     ("p", "count", "crc"),
-    [(0.001, 785, 1361441732), (0.1, 80083, 4059626079), (0.3, 240952, 4128268350)],
+    [(0.001, 813, 295048503), (0.1, 79726, 1582085182), (0.3, 240899, 2722448974)],
 )
 def test_fault_map_stream_is_pinned(p, count, crc):
     # The committed reproduction, the README's figures and every shared fault map (training,
     # sweeps, bitstream emulation) come from this stream: changing it must be deliberate.
-    # (Pinned from the implementation the reproduction was made with.)
+    # (Pinned from the SplitMix64 segment stream the reproduction was regenerated with.)
     import zlib
 
     index = sample_positions(802816, p, make_generator(0, "stream", p))
@@ -241,4 +244,114 @@ def test_asymmetric_and_stuck_at_stream_is_pinned():
     model = FaultModel(p01=0.05, p10=0.01, stuck_at_1=0.02)
     index = sample_fault_indices(stored, model, make_generator(0, "stream"))
     assert index.numel() == 42
-    assert zlib.crc32(index.numpy().astype("<i8").tobytes()) == 1838416853
+    assert zlib.crc32(index.numpy().astype("<i8").tobytes()) == 1328004603
+
+
+# ------------------------------------------------------------------------------------ stream
+
+
+def reference_positions(seed: int, numel: int, p: float) -> np.ndarray:
+    """The stream of the module docstring, one draw at a time in Python integers."""
+    mask = (1 << 64) - 1
+    gamma = 0x9E3779B97F4A7C15
+
+    def splitmix64(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    thresholds = [int(t) for t in _gap_tables(p)[0]]
+    positions = []
+    for s, begin in enumerate(range(0, numel, 1 << 16)):
+        end = min(begin + (1 << 16), numel)
+        counter = splitmix64((seed + (s + 1) * gamma) & mask)
+        at = begin - 1
+        while at < end - 1:
+            counter = (counter + gamma) & mask
+            x = splitmix64(counter)
+            gap = sum(x < t for t in thresholds)
+            at += gap if gap == len(thresholds) else gap + 1
+            if gap < len(thresholds) and at < end:
+                positions.append(at)
+    return np.array(positions, dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    ("seed", "numel", "p"),
+    [(1, 1, 0.5), (2, 70_000, 0.3), (3, 131_073, 0.02), (4, 200_000, 1e-5), (2**63 - 1, 5, 0.999)],
+)
+def test_native_and_numpy_samplers_follow_the_reference_stream(seed, numel, p):
+    expected = reference_positions(seed, numel, p)
+    assert np.array_equal(bernoulli_positions_numpy(seed, numel, p), expected)
+    assert np.array_equal(bernoulli_positions(seed, numel, p).numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    ("numel", "p"),
+    [(10, 0.3), (65_536, 0.1), (65_537, 0.01), (1_000_000, 0.05), (3_000_000, 2e-4), (500, 0.9)],
+)
+def test_native_sampler_equals_numpy_twin_at_any_thread_count_and_room(numel, p):
+    from lightning_bet.native import get_library
+
+    library = get_library()
+    thresholds, guide = _gap_tables(p)
+    expected = bernoulli_positions_numpy(11, numel, p)
+    for threads, slot in [(1, 1_000_000), (2, 1_000_000), (3, 1_000_000), (2, 1), (1, 0)]:
+        ours = library.bernoulli_positions(
+            11,
+            numel,
+            thresholds,
+            guide,
+            segment=1 << 16,
+            guide_bits=12,
+            slot=slot,
+            threads=threads,
+        )
+        assert np.array_equal(ours, expected), (threads, slot)
+
+
+def test_gap_tables_match_the_geometric_tail():
+    for p in (1e-6, 1e-3, 0.1, 0.5, 0.99):
+        thresholds, guide = _gap_tables(p)
+        k = np.arange(1, thresholds.size + 1)
+        assert np.all(np.diff(thresholds.astype(np.float64)) <= 0)
+        assert np.allclose(thresholds.astype(np.float64) * 2.0**-64, (1 - p) ** k, rtol=1e-12)
+        assert thresholds.size == 4096 or (1 - p) ** thresholds.size <= 2**-10
+        # guide[b] is the gap of the largest word of bucket b
+        top = np.array([((b + 1) << 52) - 1 for b in range(4096)], dtype=np.uint64)
+        gaps = (thresholds[None, :] > top[:, None]).sum(axis=1)
+        assert np.array_equal(guide, gaps.astype(np.uint32))
+
+
+def test_numpy_sampler_is_used_without_a_compiler(monkeypatch):
+    import lightning_bet.native as native
+    from lightning_bet.functional import faults
+
+    expected = sample_positions(100_000, 0.1, make_generator(12))
+
+    def no_compiler():
+        raise RuntimeError("C compiler not found: running 'gcc --version' failed")
+
+    monkeypatch.setattr(native, "get_library", no_compiler)
+    faults._native_sampler.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"numpy sampler \(same maps, slower\): C compiler"):
+            ours = sample_positions(100_000, 0.1, make_generator(12))
+    finally:
+        faults._native_sampler.cache_clear()
+    assert torch.equal(ours, expected)
+
+
+def test_native_sampler_messages():
+    from lightning_bet.native import get_library
+
+    library = get_library()
+    thresholds, guide = _gap_tables(0.1)
+    with pytest.raises(TypeError, match=r"thresholds must be a 1-D numpy uint64 array, got"):
+        library.bernoulli_positions(
+            1, 10, thresholds.astype(np.int64), guide, segment=16, guide_bits=12, slot=4
+        )
+    with pytest.raises(ValueError, match=r"guide must have 2\*\*guide_bits=1024 entries, got 4096"):
+        library.bernoulli_positions(1, 10, thresholds, guide, segment=16, guide_bits=10, slot=4)
+    with pytest.raises(ValueError, match=r"bdense_bernoulli_positions rejected numel=-1"):
+        library.bernoulli_positions(1, -1, thresholds, guide, segment=16, guide_bits=12, slot=4)

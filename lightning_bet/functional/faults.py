@@ -6,20 +6,30 @@ reads 0) and stuck-at cells (fractions reading a fixed 0 or 1). :func:`sample_fa
 returns the flat positions whose *read* value differs from the stored one; training, sweeps and
 the bitstream emulator all use it, so one seed gives one fault map everywhere.
 
-Exactness: positions are sampled as a Bernoulli process, by the gaps between them: the number of
-positions skipped before the next included one is Geometric(``p``),
-``G = floor(log(1 - U) / log(1 - p))`` with ``U`` uniform (float64), and the positions are the
-running sums of ``G + 1``. Every position is then included with probability exactly ``p``,
-independently of every other position, the result comes out sorted and unique, and the cost grows
-with the number of faults (about ``n p`` draws), not with ``n``. (A Binomial count of uniform
-positions drawn with replacement would lose the repeats and flip fewer than ``p``; a
-Poisson-count set of uniform draws is exact too, but needs a sort to remove the repeats, twice
-the time of the gaps at ``p = 0.1``.) Above ``p = 0.25`` a dense ``rand < p`` is cheaper and used.
+Exactness: positions are sampled as a Bernoulli process, by the gaps between them: the number
+``G`` of positions skipped before the next included one is Geometric(``p``),
+``P(G >= k) = (1 - p)^k``. Every position is then included with probability exactly ``p``,
+independently of every other position, the result comes out sorted and unique, and the cost
+grows with the number of faults (about ``n p`` draws), not with ``n``. (A Binomial count of
+uniform positions drawn with replacement would lose the repeats and flip fewer than ``p``; a
+Poisson-count set of uniform draws is exact too, but needs a sort to remove the repeats.)
+
+The stream: one 63-bit seed is drawn from the ``torch.Generator``; the positions are cut into
+segments of ``2**16``; segment ``s`` draws 64-bit words ``x_j = splitmix64(splitmix64(seed +
+(s + 1) g) + j g)``, ``j = 1, 2, ...`` (``g = 0x9e3779b97f4a7c15``, SplitMix64's counter-based
+stream), and ``G = #{k = 1..K : x_j < t_k}`` with ``t_k = 2^64 (1 - p)^k`` in float64, so
+``P(G >= k) = t_k / 2^64``. ``G = K`` (``(1 - p)^K <= 2^-10``, ``K <= 4096``) skips ``K``
+positions and draws again, which the memorylessness of the Geometric makes exact. Segments are
+independent, so they are drawn in parallel by the native library
+(:mod:`lightning_bet.native`), and the result does not depend on the thread count; where no C
+compiler is available a numpy twin of the same stream gives the same positions, more slowly.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,8 +48,14 @@ __all__ = [
     "sample_positions",
 ]
 
-#: Above this probability a dense ``rand < p`` draw is cheaper than sparse sampling.
-_DENSE_ABOVE = 0.25
+#: Positions per segment of the stream (each segment has its own counter stream).
+_SEGMENT = 1 << 16
+#: Bits of a 64-bit draw that index the guide table of the gap search.
+_GUIDE_BITS = 12
+#: Most thresholds in a gap table (a gap of this many skips and draws again).
+_MAX_GAPS = 4096
+_GAMMA = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -152,7 +168,8 @@ def make_generator(
 def sample_positions(numel: int, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Sorted unique positions in ``[0, numel)``, each one included with probability ``p``.
 
-    Inclusions are independent across positions.
+    Inclusions are independent across positions. The stream is described in the module
+    docstring; it takes one draw from ``generator``.
 
     Args:
         numel: number of positions.
@@ -165,43 +182,127 @@ def sample_positions(numel: int, p: float, generator: torch.Generator | None = N
 
     """
     p = check_probability("p", p)
-    device = generator.device if generator is not None else torch.device("cpu")
+    device = _sample_device(generator)
     if numel <= 0 or p == 0.0:
         return torch.empty(0, dtype=torch.long, device=device)
     if p == 1.0:
         return torch.arange(numel, device=device)
-    if p > _DENSE_ABOVE:
-        hit = torch.rand(numel, generator=generator, device=device) < p
-        return hit.nonzero().flatten()
-    return _bernoulli_process(numel, p, generator, device)
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
+    return bernoulli_positions(seed, numel, p).to(device)
 
 
-def _bernoulli_process(
-    numel: int, p: float, generator: torch.Generator | None, device: torch.device
-) -> Tensor:
-    """Positions of a Bernoulli(``p``) process on ``[0, numel)`` from Geometric gaps (float64)."""
-    log_q = math.log1p(-p)
-    chunks = []
-    last = -1.0  # the last included position so far
+def bernoulli_positions(seed: int, numel: int, p: float) -> Tensor:
+    """The stream of the module docstring for one seed (native, else its numpy twin).
+
+    Args:
+        seed: 63-bit seed, ``0 <= seed < 2**63``.
+        numel: number of positions, ``>= 1``.
+        p: inclusion probability, ``0 < p < 1``.
+
+    Returns:
+        int64 CPU tensor ``(K,)`` of sorted positions.
+
+    """
+    library = _native_sampler()
+    if library is None:
+        return torch.from_numpy(bernoulli_positions_numpy(seed, numel, p))
+    thresholds, guide = _gap_tables(p)
+    # room per segment: the mean plus 7 standard deviations of its count (a segment that
+    # overflows makes the library ask for more room; the positions do not depend on it)
+    length = min(_SEGMENT, numel)
+    slot = math.ceil(length * p + 7.0 * math.sqrt(length * p * (1.0 - p)) + 32)
+    positions = library.bernoulli_positions(
+        seed,
+        numel,
+        thresholds,
+        guide,
+        segment=_SEGMENT,
+        guide_bits=_GUIDE_BITS,
+        slot=slot,
+        threads=torch.get_num_threads(),
+    )
+    return torch.from_numpy(positions)
+
+
+def bernoulli_positions_numpy(seed: int, numel: int, p: float) -> np.ndarray:
+    """The numpy twin of the native sampler: the same positions for the same arguments.
+
+    All segments are drawn at once, as rows of one array, with enough draws per row for the
+    row to pass its segment's end (all rows are drawn again, longer, in the rare case where one
+    falls short).
+
+    Returns:
+        int64 array ``(K,)`` of sorted positions.
+
+    """
+    thresholds, _ = _gap_tables(p)
+    k = thresholds.size
+    ascending = thresholds[::-1].copy()
+    nseg = -(-numel // _SEGMENT)
+    begin = np.arange(nseg, dtype=np.int64) * _SEGMENT
+    end = np.minimum(begin + _SEGMENT, numel)
+    keys = _splitmix64(
+        np.uint64(seed) + np.arange(1, nseg + 1, dtype=np.uint64) * np.uint64(_GAMMA)
+    )
+    # a draw advances min(G + 1, K) positions, E = (1 - q^K) / p; mean draws per segment:
+    draws = min(_SEGMENT, numel) * p / (1.0 - float(thresholds[-1]) * 2.0**-64)
+    m = int(draws + 6.0 * math.sqrt(draws) + 16)
     while True:
-        remaining = numel - 1 - last
-        k = int(remaining * p + 6.0 * math.sqrt(remaining * p * (1.0 - p)) + 16)
-        u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)
-        # one buffer, updated in place: u -> G + 1 (G ~ Geometric(p)) -> positions (exact
-        # integers in float64 up to 2**53)
-        positions = u.neg_().log1p_().div_(log_q).floor_().add_(1.0).cumsum_(0).add_(last)
-        last = float(positions[-1])
-        # sorted ascending: the positions inside [0, numel) are a prefix
-        inside = int(torch.searchsorted(positions, torch.tensor([float(numel)], device=device)))
-        if device.type == "cpu":
-            # int64 in the same memory (an elementwise copy reads every element before it
-            # writes it): fresh CPU allocations of this size cost ~1,600 page faults per draw
-            chunks.append(positions.view(torch.int64)[:inside].copy_(positions[:inside]))
-        else:
-            chunks.append(positions[:inside].long())
-        if last >= numel:  # almost always after the first chunk (6 standard deviations)
-            break
-    return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        counters = keys[:, None] + np.arange(1, m + 1, dtype=np.uint64) * np.uint64(_GAMMA)
+        gaps = k - np.searchsorted(ascending, _splitmix64(counters), side="right")
+        placed = gaps < k
+        at = (begin - 1)[:, None] + np.cumsum(np.where(placed, gaps + 1, k), axis=1)
+        if np.all(at[:, -1] >= end - 1):  # every row reached its end: the draws after add none
+            return at[placed & (at < end[:, None])]
+        m *= 2
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+@functools.lru_cache(maxsize=64)
+def _gap_tables(p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gap thresholds and guide table of the stream for ``0 < p < 1``.
+
+    Returns:
+        ``(thresholds, guide)``: uint64 ``(K,)``, ``thresholds[i] = 2^64 (1 - p)^(i + 1)``
+        (decreasing, read-only), and uint32 ``(2**_GUIDE_BITS,)``, the gap of the largest word
+        of each bucket of the top ``_GUIDE_BITS`` bits (where a gap search may start).
+
+    """
+    log_q = math.log1p(-p)
+    k = max(1, min(_MAX_GAPS, math.ceil(-10.0 * math.log(2.0) / log_q)))
+    powers = np.exp(np.arange(1, k + 1, dtype=np.float64) * log_q) * 2.0**64
+    # the largest float64 below 2**64 is 2**64 - 2048
+    thresholds = np.minimum(powers, 2.0**64 - 2048.0).astype(np.uint64)
+    shift = np.uint64(64 - _GUIDE_BITS)
+    with np.errstate(over="ignore"):
+        bucket_max = (np.arange(1, 2**_GUIDE_BITS + 1, dtype=np.uint64) << shift) - np.uint64(1)
+    guide = (k - np.searchsorted(thresholds[::-1], bucket_max, side="right")).astype(np.uint32)
+    thresholds.flags.writeable = False
+    guide.flags.writeable = False
+    return thresholds, guide
+
+
+@functools.cache
+def _native_sampler() -> Any:
+    """The native library, or ``None`` (with a warning, once) where it cannot be built."""
+    from lightning_bet.native import get_library
+
+    try:
+        return get_library()
+    except RuntimeError as exc:
+        warnings.warn(
+            f"fault maps are drawn by the numpy sampler (same maps, slower): {exc}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def sample_fault_indices(

@@ -422,6 +422,79 @@ class BinaryDenseLibrary:
         _check_rc(rc, "bdense_popcount_sign", batch=batch, rows=rows, words=words, n=n)
         return bits
 
+    def bernoulli_positions(
+        self,
+        seed: int,
+        numel: int,
+        thresholds: np.ndarray,
+        guide: np.ndarray,
+        *,
+        segment: int,
+        guide_bits: int,
+        slot: int,
+        threads: int | None = None,
+    ) -> np.ndarray:
+        """Sorted positions of the fault-map stream (``lightning_bet.functional.faults``).
+
+        Args:
+            seed: 63-bit seed of the stream.
+            numel: Number of positions, ``>= 0``.
+            thresholds: ``uint64`` gap thresholds ``(K,)``, decreasing.
+            guide: ``uint32`` ``(2**guide_bits,)``: the gap of the largest word of each bucket.
+            segment: Positions per segment, ``>= 1``.
+            guide_bits: Top bits of a draw that index ``guide``.
+            slot: Room for positions per segment to start with (grown when a segment needs
+                more; the result does not depend on it).
+            threads: Worker threads; ``None`` uses all CPUs of this process. The result does
+                not depend on it.
+
+        Returns:
+            ``int64`` array ``(count,)`` of sorted positions (a view of a buffer of
+            ``ceil(numel / segment) * slot`` entries).
+
+        Raises:
+            TypeError: If ``thresholds`` or ``guide`` has the wrong dtype.
+            ValueError: If the library rejects the arguments.
+        """
+        for name, a, dtype in (("thresholds", thresholds, np.uint64), ("guide", guide, np.uint32)):
+            if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != 1:
+                raise TypeError(
+                    f"{name} must be a 1-D numpy {dtype.__name__} array, got {_describe(a)}"
+                )
+        if guide.size != 1 << guide_bits:
+            raise ValueError(
+                f"guide must have 2**guide_bits={1 << guide_bits} entries, got {guide.size}"
+            )
+        nthreads = _check_threads(threads)
+        thresholds = np.ascontiguousarray(thresholds)
+        guide = np.ascontiguousarray(guide)
+        nseg = -(-numel // segment) if numel > 0 else 0
+        counts = np.empty(max(nseg, 1), dtype=np.int64)
+        i64p = ctypes.POINTER(ctypes.c_longlong)
+        while True:
+            out = np.empty(max(nseg * slot, 1), dtype=np.int64)
+            rc = self.cdll.bdense_bernoulli_positions(
+                seed,
+                numel,
+                segment,
+                thresholds.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
+                thresholds.size,
+                _as_u32_ptr(guide),
+                guide_bits,
+                out.ctypes.data_as(i64p),
+                slot,
+                counts.ctypes.data_as(i64p),
+                nthreads,
+            )
+            if rc >= 0:
+                return out[:rc]
+            if rc == -1:
+                raise ValueError(
+                    f"bdense_bernoulli_positions rejected numel={numel}, segment={segment}, "
+                    f"K={thresholds.size}, guide_bits={guide_bits}, slot={slot}"
+                )
+            slot = -2 - rc
+
     def popcount_peak(self, threads: int = 1, iters: int | None = None, trials: int = 3) -> dict:
         """Measure this CPU's popcount peak in popcount'd bits per second.
 

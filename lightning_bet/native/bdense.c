@@ -20,6 +20,9 @@
  *
  * Work is split into (batch block x row block) pieces that POSIX threads take
  * from a shared atomic counter; with one thread no thread is created.
+ *
+ * The library also holds the fault-map sampler (bdense_bernoulli_positions), whose
+ * segments threads take the same way.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -641,6 +644,118 @@ int bdense_popcount_sign_threads(const uint32_t *x, const uint32_t *w, const int
     }
     free(a);
     return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Bernoulli positions (fault maps)                                          */
+/* ------------------------------------------------------------------------ */
+
+#define BERN_GAMMA 0x9e3779b97f4a7c15ULL
+
+/* SplitMix64's output function. */
+BDENSE_INLINE uint64_t splitmix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+struct bern_job {
+    uint64_t seed;
+    long long numel, segment;
+    const uint64_t *t;
+    int k;
+    const uint32_t *guide;
+    int shift;
+    long long *out, slot, *counts;
+    long long nseg;
+    long long next; /* next segment to take (atomic) */
+};
+
+/* Positions of segment s: draw j = 1, 2, ... is x = splitmix64(key + j * gamma); its gap G
+ * counts the thresholds above x (t[i] = t_{i+1}); G = k (all of them) skips k positions and
+ * draws again. Writes at most job->slot positions, counts them all. */
+static void bern_segment(const struct bern_job *job, long long s) {
+    const uint64_t key = splitmix64(job->seed + (uint64_t)(s + 1) * BERN_GAMMA);
+    const long long begin = s * job->segment;
+    const long long end = begin + job->segment < job->numel ? begin + job->segment : job->numel;
+    const uint64_t *t = job->t;
+    const int k = job->k;
+    long long *out = job->out + s * job->slot;
+    long long pos = begin - 1, count = 0;
+    uint64_t ctr = key;
+    for (;;) {
+        ctr += BERN_GAMMA;
+        const uint64_t x = splitmix64(ctr);
+        int g = (int)job->guide[x >> job->shift];
+        while (g < k && x < t[g]) {
+            ++g;
+        }
+        if (g == k) {
+            pos += k;
+            if (pos >= end - 1) {
+                break;
+            }
+            continue;
+        }
+        pos += g + 1;
+        if (pos >= end) {
+            break;
+        }
+        if (count < job->slot) {
+            out[count] = pos;
+        }
+        ++count;
+    }
+    job->counts[s] = count;
+}
+
+static void bern_worker(void *ctx, int tid) {
+    (void)tid;
+    struct bern_job *job = (struct bern_job *)ctx;
+    for (;;) {
+        const long long s = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (s >= job->nseg) {
+            return;
+        }
+        bern_segment(job, s);
+    }
+}
+
+long long bdense_bernoulli_positions(uint64_t seed, long long numel, long long segment,
+                                     const uint64_t *t, int k, const uint32_t *guide,
+                                     int guide_bits, long long *out, long long slot,
+                                     long long *counts, int threads) {
+    if (numel < 0 || segment < 1 || t == NULL || k < 1 || guide == NULL || guide_bits < 1 ||
+        guide_bits > 24 || slot < 0 || (numel > 0 && (out == NULL || counts == NULL))) {
+        return -1;
+    }
+    const long long nseg = (numel + segment - 1) / segment;
+    struct bern_job job = {seed, numel, segment, t, k, guide, 64 - guide_bits,
+                           out, slot, counts, nseg, 0};
+    int nthreads = resolve_threads(threads);
+    if (numel < 4 * segment) {
+        nthreads = 1; /* a thread start costs more than a few segments */
+    }
+    if (nthreads > nseg) {
+        nthreads = (int)nseg;
+    }
+    run_threads(bern_worker, &job, nthreads < 1 ? 1 : nthreads);
+    long long total = 0, largest = 0;
+    for (long long s = 0; s < nseg; ++s) {
+        total += counts[s];
+        largest = counts[s] > largest ? counts[s] : largest;
+    }
+    if (largest > slot) {
+        return -2 - largest; /* a slot overflowed: call again with slot >= largest */
+    }
+    long long at = 0; /* pack the slots to the front, in order */
+    for (long long s = 0; s < nseg; ++s) {
+        if (at != s * slot && counts[s] > 0) {
+            memmove(out + at, out + s * slot, (size_t)counts[s] * sizeof(long long));
+        }
+        at += counts[s];
+    }
+    return total;
 }
 
 /* ------------------------------------------------------------------------ */

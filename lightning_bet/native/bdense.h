@@ -85,6 +85,29 @@ int bdense_popcount_reference(const uint32_t *x, const uint32_t *w, int32_t *out
 double bdense_peak_vector(int threads, long long iters);
 double bdense_peak_scalar(int threads, long long iters);
 
+/*
+ * Sorted positions of a Bernoulli process on [0, numel) (the fault-map sampler of
+ * lightning_bet.functional.faults, which defines the stream and holds a numpy twin of it).
+ *
+ * The range is cut into segments of `segment` positions; segment s draws x_j =
+ * splitmix64(splitmix64(seed + (s + 1) * G) + j * G), j = 1, 2, ..., G = 0x9e3779b97f4a7c15,
+ * and skips gap(x_j) = #{i < k : x_j < t[i]} positions before the next included one, where
+ * t[i] ~ 2^64 (1 - p)^(i + 1) is decreasing; a gap of k includes nothing and draws again.
+ * guide[x >> (64 - guide_bits)] must be the gap of the largest x of that bucket (a lower
+ * bound the scan starts from).
+ *
+ * Segment s writes its positions to out[s * slot ...] (at most `slot` of them) and its count
+ * to counts[s]; out holds ceil(numel / segment) * slot entries, counts one per segment.
+ * Returns the number of positions, packed to the front of out in order; -1 on invalid
+ * arguments; -2 - c when a segment had c > slot positions (out is then unspecified: call
+ * again with slot >= c). Runs on `threads` threads (<= 0: all online CPUs); the result does
+ * not depend on the thread count.
+ */
+long long bdense_bernoulli_positions(uint64_t seed, long long numel, long long segment,
+                                     const uint64_t *t, int k, const uint32_t *guide,
+                                     int guide_bits, long long *out, long long slot,
+                                     long long *counts, int threads);
+
 /* 1 when the AVX512-VPOPCNTDQ kernel path was compiled in, else 0. */
 int bdense_has_avx512(void);
 

@@ -200,6 +200,21 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.c_int, ctypes.c_longlong]
         fn.restype = ctypes.c_double
+    i64p = ctypes.POINTER(ctypes.c_longlong)
+    lib.bdense_bernoulli_positions.argtypes = [
+        ctypes.c_uint64,
+        ctypes.c_longlong,
+        ctypes.c_longlong,
+        ctypes.POINTER(ctypes.c_uint64),
+        ctypes.c_int,
+        _u32p,
+        ctypes.c_int,
+        i64p,
+        ctypes.c_longlong,
+        i64p,
+        ctypes.c_int,
+    ]
+    lib.bdense_bernoulli_positions.restype = ctypes.c_longlong
     lib.bdense_has_avx512.argtypes = []
     lib.bdense_has_avx512.restype = ctypes.c_int
     lib.bdense_online_cpus.argtypes = []
