@@ -472,11 +472,11 @@ class BitErrorTolerance(Metric):
             hist = getattr(self, f"margin_hist_{i}")
             for q in self.quantiles:
                 out[f"layer{i}/margin_q{q:g}"] = torch.tensor(
-                    self._hist_quantile(hist, q) * width, dtype=torch.float64
+                    self._hist_quantile(hist, q) * width, dtype=torch.float64, device=self.device
                 )
             t_median = self._hist_quantile(getattr(self, f"tolerated_hist_{i}"), 0.5)
             out[f"layer{i}/tolerated_fraction_median"] = torch.tensor(
-                t_median / n, dtype=torch.float64
+                t_median / n, dtype=torch.float64, device=self.device
             )
             flip = getattr(self, f"flip_sum_{i}") / count
             rates.append(flip)
@@ -486,7 +486,9 @@ class BitErrorTolerance(Metric):
         out["output/margin_mean"] = self.out_margin_sum / max(count, 1)
         for q in self.quantiles:
             k = self._hist_quantile(self.out_margin_hist, q) - self.margin_bins - 1
-            out[f"output/margin_q{q:g}"] = torch.tensor(k * width, dtype=torch.float64)
+            out[f"output/margin_q{q:g}"] = torch.tensor(
+                k * width, dtype=torch.float64, device=self.device
+            )
         out["bet"] = 1.0 - torch.stack(rates).mean()
         return out
 
