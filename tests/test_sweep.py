@@ -19,6 +19,9 @@ from lightning_bet.sweep import (
     sweep,
 )
 
+# numpy 2 renamed trapz
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
 
 def _trained_like(net, seed=1):
     """Random weights and BatchNorm statistics with both gamma signs and a gamma = 0 channel."""
@@ -188,12 +191,12 @@ def test_fault_family_and_flip_semantics():
 def test_bet_area_and_outputs(tmp_path):
     rates = [0.0, 0.01, 0.05, 0.1]
     acc = [0.9, 0.85, 0.6, 0.3]
-    assert bet_area(rates, acc) == pytest.approx(np.trapz(acc, rates) / 0.1)
+    assert bet_area(rates, acc) == pytest.approx(_trapezoid(acc, rates) / 0.1)
     assert bet_area([0.02], [0.7]) == 0.7
     net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (32,)))
     x, y = _digits_like()
     result = sweep(net, (x, y), rates, realizations=3)
-    assert result.area == pytest.approx(np.trapz(result.accuracy.mean(1), rates) / 0.1)
+    assert result.area == pytest.approx(_trapezoid(result.accuracy.mean(1), rates) / 0.1)
     assert result.std.shape == (4,) and (result.std >= 0).all()
     from lightning_bet.sweep import write_outputs
 

@@ -160,8 +160,9 @@ def _check_signs(name: str, value: np.ndarray) -> None:
     bad = ~np.isin(value, (-1, 1))
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
+        got = value[first].item()  # a Python number: the same message under numpy 1 and 2
         raise ValueError(
-            f"Expected `{name}` to hold only -1 and +1, but got {value[first]!r} at index {first}"
+            f"Expected `{name}` to hold only -1 and +1, but got {got!r} at index {first}"
         )
 
 
