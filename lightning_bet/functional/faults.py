@@ -19,10 +19,10 @@ segments of ``2**16``; segment ``s`` draws 64-bit words ``x_j = splitmix64(split
 (s + 1) g) + j g)``, ``j = 1, 2, ...`` (``g = 0x9e3779b97f4a7c15``, SplitMix64's counter-based
 stream), and ``G = #{k = 1..K : x_j < t_k}`` with ``t_k = 2^64 (1 - p)^k`` in float64, so
 ``P(G >= k) = t_k / 2^64``. ``G = K`` (``(1 - p)^K <= 2^-10``, ``K <= 4096``) skips ``K``
-positions and draws again, which the memorylessness of the Geometric makes exact. Segments are
-independent, so they are drawn in parallel by the native library
-(:mod:`lightning_bet.native`), and the result does not depend on the thread count; where no C
-compiler is available a numpy twin of the same stream gives the same positions, more slowly.
+positions and draws again, which the memorylessness of the Geometric makes exact. The native
+library (:mod:`lightning_bet.native`) draws the stream (about 3 ns per position; its segments
+are independent, so it can split them over threads with the same result); where no C compiler
+is available a numpy twin of the same stream gives the same positions, more slowly.
 """
 
 from __future__ import annotations
@@ -219,7 +219,8 @@ def bernoulli_positions(seed: int, numel: int, p: float) -> Tensor:
         segment=_SEGMENT,
         guide_bits=_GUIDE_BITS,
         slot=slot,
-        threads=torch.get_num_threads(),
+        threads=1,  # maps are drawn between torch ops, whose pool threads still spin: more
+        # threads here fight them for the cores (measured 2-3x slower on 2 cores)
     )
     return torch.from_numpy(positions)
 
