@@ -355,3 +355,29 @@ def test_native_sampler_messages():
         library.bernoulli_positions(1, 10, thresholds, guide, segment=16, guide_bits=10, slot=4)
     with pytest.raises(ValueError, match=r"bdense_bernoulli_positions rejected numel=-1"):
         library.bernoulli_positions(1, -1, thresholds, guide, segment=16, guide_bits=12, slot=4)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((-1, 10, 0.1), r"Expected `seed` to be an int in \[0, 2\*\*63\), but got -1"),
+        (
+            (2**63, 10, 0.1),
+            r"Expected `seed` to be an int in \[0, 2\*\*63\), but got 9223372036854775808",
+        ),
+        ((1, 0, 0.1), r"Expected `numel` to be a positive int, but got 0"),
+        (
+            (1, 10, 0.0),
+            r"Expected `p` to be a float in \(0, 1\) \(0 and 1 need no stream\), but got 0.0",
+        ),
+        (
+            (1, 10, 1.0),
+            r"Expected `p` to be a float in \(0, 1\) \(0 and 1 need no stream\), but got 1.0",
+        ),
+        ((1, 10, float("nan")), r"Expected `p` to be a float in \(0, 1\) .*, but got nan"),
+    ],
+)
+def test_stream_argument_messages(args, message):
+    for sampler in (bernoulli_positions, bernoulli_positions_numpy):
+        with pytest.raises(ValueError, match=message):
+            sampler(*args)

@@ -38,10 +38,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_bet._validation import check_probability
+from lightning_bet._validation import check_positive_int, check_probability, is_probability
 
 __all__ = [
     "FaultModel",
+    "bernoulli_positions",
+    "bernoulli_positions_numpy",
     "derive_seed",
     "make_generator",
     "sample_fault_indices",
@@ -55,7 +57,6 @@ _GUIDE_BITS = 12
 #: Most thresholds in a gap table (a gap of this many skips and draws again).
 _MAX_GAPS = 4096
 _GAMMA = 0x9E3779B97F4A7C15
-_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,11 @@ def bernoulli_positions(seed: int, numel: int, p: float) -> Tensor:
     Returns:
         int64 CPU tensor ``(K,)`` of sorted positions.
 
+    Raises:
+        ValueError: if an argument is outside the range above.
+
     """
+    _check_stream_args(seed, numel, p)
     library = _native_sampler()
     if library is None:
         return torch.from_numpy(bernoulli_positions_numpy(seed, numel, p))
@@ -235,7 +240,11 @@ def bernoulli_positions_numpy(seed: int, numel: int, p: float) -> np.ndarray:
     Returns:
         int64 array ``(K,)`` of sorted positions.
 
+    Raises:
+        ValueError: as :func:`bernoulli_positions`.
+
     """
+    _check_stream_args(seed, numel, p)
     thresholds, _ = _gap_tables(p)
     k = thresholds.size
     ascending = thresholds[::-1].copy()
@@ -256,6 +265,16 @@ def bernoulli_positions_numpy(seed: int, numel: int, p: float) -> np.ndarray:
         if np.all(at[:, -1] >= end - 1):  # every row reached its end: the draws after add none
             return at[placed & (at < end[:, None])]
         m *= 2
+
+
+def _check_stream_args(seed: int, numel: int, p: float) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"Expected `seed` to be an int in [0, 2**63), but got {seed!r}")
+    check_positive_int("numel", numel)
+    if not (is_probability(p) and 0.0 < p < 1.0):
+        raise ValueError(
+            f"Expected `p` to be a float in (0, 1) (0 and 1 need no stream), but got {p!r}"
+        )
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:

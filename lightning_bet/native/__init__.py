@@ -18,6 +18,9 @@ A hidden layer's output signs can come out packed for the next layer straight aw
 ``get_library().binary_dense_sign(xp, wp, n, t)`` gives the bits ``a < t`` (bit 1 = -1)
 without writing ``a`` to memory, and ``sign_pack(a, t)`` packs existing pre-activations.
 
+The library also draws the fault maps of ``lightning_bet.functional.faults``
+(``BinaryDenseLibrary.bernoulli_positions``; the stream is defined there).
+
 The C library is compiled with gcc on first use (see ``lightning_bet.native.build``
 for the cache location and keying) with ``-O3 -march=native``; where the CPU has
 AVX512-VPOPCNTDQ the kernel uses 512-bit ``VPOPCNTQ``, else a portable
