@@ -343,22 +343,24 @@ def sample_fault_indices(
     """
     numel = stored.numel()
     r0, r1 = model.flip_rates
+    flat = stored.detach().reshape(-1)
+
+    def reads_one(positions: Tensor) -> Tensor:
+        """Whether the stored bit at ``positions`` is 1 (-1): read at the positions only."""
+        return (flat[positions.to(flat.device)] < 0).to(positions.device)
+
     if r0 == r1:
         flips = sample_positions(numel, r0, generator)
-        bits = None
     else:
-        bits = (stored.detach().flatten() < 0).to(_sample_device(generator))
         cand0 = sample_positions(numel, r0, generator)
         cand1 = sample_positions(numel, r1, generator)
-        flips = torch.cat([cand0[~bits[cand0]], cand1[bits[cand1]]]).sort().values
+        flips = torch.cat([cand0[~reads_one(cand0)], cand1[reads_one(cand1)]]).sort().values
     stuck_fraction = model.stuck_at_0 + model.stuck_at_1
     if stuck_fraction > 0:
-        if bits is None:
-            bits = (stored.detach().flatten() < 0).to(flips.device)
         stuck = sample_positions(numel, stuck_fraction, generator)
         u = torch.rand(stuck.numel(), generator=generator, device=stuck.device, dtype=torch.float64)
         stuck_bit = u >= model.stuck_at_0 / stuck_fraction  # False: stuck at 0, True: at 1
-        wrong_stuck = stuck[stuck_bit != bits[stuck]]
+        wrong_stuck = stuck[stuck_bit != reads_one(stuck)]
         flips = flips[~torch.isin(flips, stuck)]
         flips = torch.cat([flips, wrong_stuck]).sort().values
     return flips.to(stored.device)
