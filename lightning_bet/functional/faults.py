@@ -354,16 +354,35 @@ def sample_fault_indices(
     else:
         cand0 = sample_positions(numel, r0, generator)
         cand1 = sample_positions(numel, r1, generator)
-        flips = torch.cat([cand0[~reads_one(cand0)], cand1[reads_one(cand1)]]).sort().values
+        flips = _merge_disjoint(cand0[~reads_one(cand0)], cand1[reads_one(cand1)])
     stuck_fraction = model.stuck_at_0 + model.stuck_at_1
     if stuck_fraction > 0:
         stuck = sample_positions(numel, stuck_fraction, generator)
         u = torch.rand(stuck.numel(), generator=generator, device=stuck.device, dtype=torch.float64)
         stuck_bit = u >= model.stuck_at_0 / stuck_fraction  # False: stuck at 0, True: at 1
         wrong_stuck = stuck[stuck_bit != reads_one(stuck)]
-        flips = flips[~torch.isin(flips, stuck)]
-        flips = torch.cat([flips, wrong_stuck]).sort().values
+        flips = _merge_disjoint(flips[~_is_in_sorted(flips, stuck)], wrong_stuck)
     return flips.to(stored.device)
+
+
+def _is_in_sorted(values: Tensor, sorted_set: Tensor) -> Tensor:
+    """``torch.isin(values, sorted_set)`` for an ascending ``sorted_set``, by binary search."""
+    if sorted_set.numel() == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    at = torch.searchsorted(sorted_set, values).clamp_(max=sorted_set.numel() - 1)
+    return sorted_set[at] == values
+
+
+def _merge_disjoint(a: Tensor, b: Tensor) -> Tensor:
+    """The ascending union of two ascending tensors with no value in common.
+
+    Each value goes to its rank in the union (its index plus the number of values of the other
+    tensor below it): two binary searches instead of a sort.
+    """
+    merged = torch.empty(a.numel() + b.numel(), dtype=a.dtype, device=a.device)
+    merged[torch.arange(a.numel(), device=a.device) + torch.searchsorted(b, a)] = a
+    merged[torch.arange(b.numel(), device=b.device) + torch.searchsorted(a, b)] = b
+    return merged
 
 
 def _sample_device(generator: torch.Generator | None) -> torch.device:
