@@ -426,7 +426,5 @@ def _sample_all(
 ) -> list[Tensor]:
     """The fault indices of every target of micro-batch ``step`` on ``rank`` (one generator)."""
     generator = make_generator(seed, "bitflip", rank, step)
-    return [
-        sample_fault_indices(layer.weight.detach(), model, generator).to(layer.weight.device)
-        for _, layer in targets
-    ]
+    # on each layer's device already: sample_fault_indices puts them where the weights are
+    return [sample_fault_indices(layer.weight.detach(), model, generator) for _, layer in targets]

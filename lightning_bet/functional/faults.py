@@ -189,7 +189,7 @@ def sample_positions(numel: int, p: float, generator: torch.Generator | None = N
     if p == 1.0:
         return torch.arange(numel, device=device)
     seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
-    return bernoulli_positions(seed, numel, p).to(device)
+    return _stream_positions(seed, numel, p).to(device)
 
 
 def bernoulli_positions(seed: int, numel: int, p: float) -> Tensor:
@@ -208,9 +208,28 @@ def bernoulli_positions(seed: int, numel: int, p: float) -> Tensor:
 
     """
     _check_stream_args(seed, numel, p)
+    return _stream_positions(seed, numel, p)
+
+
+def bernoulli_positions_numpy(seed: int, numel: int, p: float) -> np.ndarray:
+    """The numpy twin of the native sampler: the same positions for the same arguments.
+
+    Returns:
+        int64 array ``(K,)`` of sorted positions.
+
+    Raises:
+        ValueError: as :func:`bernoulli_positions`.
+
+    """
+    _check_stream_args(seed, numel, p)
+    return _numpy_positions(seed, numel, p)
+
+
+def _stream_positions(seed: int, numel: int, p: float) -> Tensor:
+    """:func:`bernoulli_positions` for arguments already checked."""
     library = _native_sampler()
     if library is None:
-        return torch.from_numpy(bernoulli_positions_numpy(seed, numel, p))
+        return torch.from_numpy(_numpy_positions(seed, numel, p))
     thresholds, guide = _gap_tables(p)
     # room per segment: the mean plus 7 standard deviations of its count (a segment that
     # overflows makes the library ask for more room; the positions do not depend on it)
@@ -230,21 +249,13 @@ def bernoulli_positions(seed: int, numel: int, p: float) -> Tensor:
     return torch.from_numpy(positions)
 
 
-def bernoulli_positions_numpy(seed: int, numel: int, p: float) -> np.ndarray:
-    """The numpy twin of the native sampler: the same positions for the same arguments.
+def _numpy_positions(seed: int, numel: int, p: float) -> np.ndarray:
+    """:func:`bernoulli_positions_numpy` for arguments already checked.
 
     All segments are drawn at once, as rows of one array, with enough draws per row for the
     row to pass its segment's end (all rows are drawn again, longer, in the rare case where one
     falls short).
-
-    Returns:
-        int64 array ``(K,)`` of sorted positions.
-
-    Raises:
-        ValueError: as :func:`bernoulli_positions`.
-
     """
-    _check_stream_args(seed, numel, p)
     thresholds, _ = _gap_tables(p)
     k = thresholds.size
     ascending = thresholds[::-1].copy()

@@ -177,9 +177,12 @@ struct job {
     long long next; /* next block to take (atomic) */
 };
 
-static long long take_block(struct job *job) {
-    return __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+/* The next piece of shared work: a relaxed atomic fetch-and-increment of *next. */
+static long long take_next(long long *next) {
+    return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
 }
+
+static long long take_block(struct job *job) { return take_next(&job->next); }
 
 /* ------------------------------------------------------------------------ */
 /* Portable tiled kernel                                                     */
@@ -713,7 +716,7 @@ static void bern_worker(void *ctx, int tid) {
     (void)tid;
     struct bern_job *job = (struct bern_job *)ctx;
     for (;;) {
-        const long long s = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        const long long s = take_next(&job->next);
         if (s >= job->nseg) {
             return;
         }

@@ -64,12 +64,25 @@ def expected_runtime(specs: Sequence[Any], dataset: DatasetConfig) -> float:
     return total
 
 
-def _plot_curves(records: Sequence[ModelRecord], path: Path) -> None:
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on a headless backend (unless one was chosen already)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Lay out, write and close a report figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    _pyplot().close(fig)
+
+
+def _plot_curves(records: Sequence[ModelRecord], path: Path) -> None:
+    plt = _pyplot()
     groups = _groups(records)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, methods in zip(
@@ -94,17 +107,11 @@ def _plot_curves(records: Sequence[ModelRecord], path: Path) -> None:
     axes[0].set_ylabel("test accuracy (%), mean")
     axes[0].set_title("Hirtzlin flip training (C1, C2)")
     axes[1].set_title("straight-through flip training (C3)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_metric(records: Sequence[ModelRecord], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method in METHODS:
         models = [r for r in records if r.method == method]
@@ -121,17 +128,11 @@ def _plot_metric(records: Sequence[ModelRecord], path: Path) -> None:
     ax.set_title("C4: metric vs fault-injection tolerance")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_lambda(records: Sequence[ModelRecord], path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     models = [r for r in records if r.method in ("plain", "margin")]
     if not any(r.method == "margin" for r in models):
         return False
@@ -150,18 +151,12 @@ def _plot_lambda(records: Sequence[ModelRecord], path: Path) -> bool:
     ax.set_title("C5: margin regularizer, one point per model")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
 def _plot_losses(histories: dict[str, list[list[float]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     styles: dict[str, int] = {}
     for name, runs in histories.items():
@@ -179,9 +174,7 @@ def _plot_losses(histories: dict[str, list[list[float]]], path: Path) -> None:
     ax.set_title("Convergence")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _acc_cell(models: Sequence[ModelRecord], p: float) -> str:
