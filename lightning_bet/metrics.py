@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import Metric
 
+from lightning_bet._plotting import pyplot
 from lightning_bet._threads import single_torch_thread
 from lightning_bet.functional.margins import (
     fold_batchnorm,
@@ -503,10 +504,7 @@ class BitErrorTolerance(Metric):
             ``(figure, axis)``.
 
         """
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         val = self.compute() if val is None else val
         if ax is None:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_bet._plotting import pyplot
 from lightning_bet._validation import is_probability
 from lightning_bet.functional.binarize import sign
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
@@ -148,10 +149,7 @@ class SweepResult:
 
     def plot(self, path: str | os.PathLike | None = None, ax: Any = None, label: str = "") -> Any:
         """Accuracy over error rate with a ±1 std band; saved as PNG when ``path`` is given."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         if ax is None:
             fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -454,11 +452,9 @@ def demo_measure(model_module: nn.Module, datamodule: Any, out_dir: str | os.Pat
         realizations=5,
     )
     files = write_outputs(result, out_dir)
-    import matplotlib.pyplot as plt
-
     fig, _ = metric.plot()
     fig.savefig(Path(out_dir) / "bet.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     files["bet_png"] = str(Path(out_dir) / "bet.png")
     return {"bet": values["bet"], "metric": values, "sweep": result.to_dict(), "files": files}
 

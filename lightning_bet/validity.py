@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_bet._plotting import pyplot
 from lightning_bet._threads import single_torch_thread
 from lightning_bet._validation import check_positive_int
 
@@ -275,10 +276,7 @@ def _fmt(x: float) -> str:
 
 
 def _scatter(models: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method in sorted({m["method"] for m in models}):

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_bet._plotting import pyplot
 from lightning_bet.reproduce.claims import ClaimResult, ModelRecord
 from lightning_bet.reproduce.models import METHODS, DatasetConfig
 from lightning_bet.reproduce.stats import binomial_se
@@ -64,25 +65,15 @@ def expected_runtime(specs: Sequence[Any], dataset: DatasetConfig) -> float:
     return total
 
 
-def _pyplot() -> Any:
-    """``matplotlib.pyplot`` on a headless backend (unless one was chosen already)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, path: Path) -> None:
     """Lay out, write and close a report figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def _plot_curves(records: Sequence[ModelRecord], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     groups = _groups(records)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, methods in zip(
@@ -111,7 +102,7 @@ def _plot_curves(records: Sequence[ModelRecord], path: Path) -> None:
 
 
 def _plot_metric(records: Sequence[ModelRecord], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method in METHODS:
         models = [r for r in records if r.method == method]
@@ -132,7 +123,7 @@ def _plot_metric(records: Sequence[ModelRecord], path: Path) -> None:
 
 
 def _plot_lambda(records: Sequence[ModelRecord], path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     models = [r for r in records if r.method in ("plain", "margin")]
     if not any(r.method == "margin" for r in models):
         return False
@@ -156,7 +147,7 @@ def _plot_lambda(records: Sequence[ModelRecord], path: Path) -> bool:
 
 
 def _plot_losses(histories: dict[str, list[list[float]]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     styles: dict[str, int] = {}
     for name, runs in histories.items():
