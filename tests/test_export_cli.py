@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from lightning_bet.cli import main
 from lightning_bet.deploy.bitstream import BitstreamError, read_bitstream
@@ -113,14 +112,6 @@ def test_export_rejects_mismatched_or_unsupported_checkpoints(tmp_path):
     torch.save({"state_dict": other.state_dict()}, ckpt)
     with pytest.raises(ValueError, match="does not match the model of config"):
         export_main(["--ckpt", str(ckpt), "--config", str(RECIPE), "--out", str(tmp_path)])
-    config = yaml.safe_load(RECIPE.read_text())
-    config["model"]["arch"] = "vgg3"
-    config["model"]["hidden"] = [16]
-    vgg_recipe = tmp_path / "vgg.yaml"
-    vgg_recipe.write_text(yaml.safe_dump(config))
-    torch.save({"state_dict": BNNClassifier(arch="vgg3", hidden=[16]).state_dict()}, ckpt)
-    with pytest.raises(ValueError, match="convolutional networks cannot be exported"):
-        export_main(["--ckpt", str(ckpt), "--config", str(vgg_recipe), "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="`ckpt` to be an existing file"):
         export_main(["--ckpt", str(tmp_path / "none"), "--config", str(RECIPE), "--out", "x"])
 

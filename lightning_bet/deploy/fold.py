@@ -1,4 +1,4 @@
-"""Deploy mode: fold a trained fully connected BNN into integer thresholds (METHOD §4, §7).
+"""Deploy mode: fold a trained BNN (dense or convolutional) into integer thresholds (METHOD §4, §7).
 
 :func:`to_deploy` turns a :class:`~lightning_bet.models.BNN` into a
 :class:`~lightning_bet.deploy.model.DeployModel`; :func:`deploy_forward` (or
@@ -28,11 +28,12 @@ from fractions import Fraction
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from lightning_bet._validation import check_positive_int
-from lightning_bet.deploy.model import DeployLayer, DeployModel
+from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
 from lightning_bet.functional.margins import fold_batchnorm
-from lightning_bet.layers import BinaryLinear
+from lightning_bet.layers import BinaryConv2d, BinaryLinear
 
 __all__ = ["DeployModule", "deploy_forward", "fold_thresholds", "to_deploy"]
 
@@ -84,21 +85,93 @@ def fold_thresholds(
     return np.clip(folded, -bound, bound).astype(np.int64)
 
 
-def _check_block(index: int, block: nn.Module) -> None:
-    layer = getattr(block, "layer", None)
-    if not isinstance(layer, BinaryLinear):
+def _square(name: str, index: int, value: object) -> int:
+    """``value`` as one int when it is an int or a pair of equal ints, else a clear error."""
+    if isinstance(value, tuple | list) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(
-            f"Expected every hidden block to hold a BinaryLinear (fully connected BNN), but block "
-            f"{index} holds {type(layer).__name__}; convolutional networks cannot be exported"
+            f"Expected the {name} of hidden block {index} to be the same on both axes, but got "
+            f"{value!r}; only square kernels, strides, paddings and pool windows are exported"
         )
-    if getattr(block, "pool", None) is not None:
+    return int(value)
+
+
+def _conv_geometry(index: int, conv: BinaryConv2d) -> tuple[int, int, int]:
+    """``(kernel, stride, padding)`` of an exportable ``BinaryConv2d``, else a clear error."""
+    where = f"hidden block {index} ({type(conv).__name__})"
+    if conv.groups != 1:
+        raise ValueError(f"Expected groups=1 in {where}, but got groups={conv.groups}")
+    if tuple(conv.dilation) != (1, 1):
+        raise ValueError(f"Expected dilation 1 in {where}, but got dilation={conv.dilation}")
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"Expected padding_mode='zeros' in {where}, but got {conv.padding_mode!r}")
+    kernel = _square("kernel size", index, tuple(conv.kernel_size))
+    stride = _square("stride", index, tuple(conv.stride))
+    padding = conv.padding
+    if padding == "valid":
+        padding = 0
+    elif padding == "same":
+        if kernel % 2 == 0 or stride != 1:
+            raise ValueError(
+                f"Expected padding='same' in {where} with an odd kernel and stride 1, but got "
+                f"kernel {kernel} and stride {stride}"
+            )
+        padding = kernel // 2
+    padding = _square("padding", index, tuple(padding) if isinstance(padding, tuple) else padding)
+    return kernel, stride, padding
+
+
+def _pool_window(index: int, pool: nn.Module | None) -> int:
+    """The window ``P`` of a max-pool with stride ``P`` (1 without pooling), else a clear error."""
+    if pool is None:
+        return 1
+    if not isinstance(pool, nn.MaxPool2d):
         raise ValueError(
-            f"Expected hidden block {index} to have no pooling, but got {type(block.pool).__name__}"
+            f"Expected the pooling of hidden block {index} to be nn.MaxPool2d (max-pool before "
+            f"BatchNorm), but got {type(pool).__name__}; other pooling is not exported"
+        )
+    window = _square("max-pool kernel size", index, pool.kernel_size)
+    stride = _square("max-pool stride", index, pool.stride)
+    if stride != window or _square("max-pool padding", index, pool.padding) != 0:
+        raise ValueError(
+            f"Expected the max-pool of hidden block {index} to have stride equal to its window "
+            f"and no padding, but got kernel_size={pool.kernel_size}, stride={pool.stride}, "
+            f"padding={pool.padding}"
+        )
+    if _square("max-pool dilation", index, pool.dilation) != 1:
+        raise ValueError(
+            f"Expected the max-pool of hidden block {index} to have dilation 1, but got "
+            f"{pool.dilation}"
+        )
+    return window
+
+
+def _check_block(index: int, block: nn.Module, conv_allowed: bool) -> None:
+    layer = getattr(block, "layer", None)
+    if not isinstance(layer, BinaryLinear | BinaryConv2d):
+        raise ValueError(
+            f"Expected every hidden block to hold a BinaryLinear or BinaryConv2d, but block "
+            f"{index} holds {type(layer).__name__}"
+        )
+    conv = isinstance(layer, BinaryConv2d)
+    if conv and not conv_allowed:
+        raise ValueError(
+            f"Expected convolutional blocks before dense ones, but hidden block {index} is a "
+            "BinaryConv2d after a dense block"
+        )
+    pool = getattr(block, "pool", None)
+    if not conv and pool is not None:
+        raise ValueError(
+            f"Expected the dense hidden block {index} to have no pooling, but got "
+            f"{type(pool).__name__}"
         )
     bn = getattr(block, "bn", None)
-    if not isinstance(bn, nn.BatchNorm1d):
+    expected = nn.BatchNorm2d if conv else nn.BatchNorm1d
+    if not isinstance(bn, expected):
         raise ValueError(
-            f"Expected hidden block {index} to have a BatchNorm1d, but got {type(bn).__name__}"
+            f"Expected hidden block {index} to have a {expected.__name__} after its "
+            f"{type(layer).__name__}, but got {type(bn).__name__}"
         )
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(
@@ -106,26 +179,78 @@ def _check_block(index: int, block: nn.Module) -> None:
             "has track_running_stats=False"
         )
     if layer.bias is not None:
-        raise ValueError(f"Expected the BinaryLinear of hidden block {index} to have no bias")
+        raise ValueError(
+            f"Expected the {type(layer).__name__} of hidden block {index} to have no bias"
+        )
+    if conv:
+        _conv_geometry(index, layer)
+        _pool_window(index, pool)
+
+
+def _fold_block(
+    index: int, block: nn.Module, in_shape: tuple[int, ...], levels: int
+) -> DeployConv | DeployLayer:
+    """One hidden block in deploy mode; ``in_shape`` is its input's shape (flat for dense)."""
+    layer = block.layer
+    weight = layer.binary_weight().detach().cpu().numpy().astype(np.int8)
+    # float64 statistics promote the whole fold to float64 (see the module docstring)
+    tau, d = fold_batchnorm(
+        block.bn, mean=block.bn.running_mean.double(), var=block.bn.running_var.double()
+    )
+    direction = d.cpu().numpy().astype(np.int8)
+    if isinstance(layer, BinaryLinear):
+        if math.prod(in_shape) != layer.in_features:
+            raise ValueError(
+                f"Expected hidden block {index} ({type(layer).__name__}) to take "
+                f"{math.prod(in_shape)} features (the output of the block before it), but it "
+                f"takes {layer.in_features}"
+            )
+        threshold = fold_thresholds(tau, d, levels, layer.in_features)
+        return DeployLayer(weight, threshold, direction, binary_input=index > 0)
+    kernel, stride, padding = _conv_geometry(index, layer)
+    if len(in_shape) != 3 or in_shape[0] != layer.in_channels:
+        raise ValueError(
+            f"Expected hidden block {index} ({type(layer).__name__}) to take an input of shape "
+            f"({layer.in_channels}, H, W), but the block before it gives {tuple(in_shape)}"
+        )
+    fan_in = layer.in_channels * kernel * kernel
+    try:
+        return DeployConv(
+            weight=weight,
+            threshold=fold_thresholds(tau, d, levels, fan_in),
+            direction=direction,
+            in_shape=tuple(in_shape),
+            stride=stride,
+            padding=padding,
+            pool=_pool_window(index, block.pool),
+            binary_input=index > 0,
+        )
+    except ValueError as error:  # name the block (e.g. pool windows that do not tile the map)
+        raise ValueError(f"hidden block {index}: {error}") from None
 
 
 def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
-    """Fold a fully connected :class:`~lightning_bet.models.BNN` into deploy mode.
+    """Fold a :class:`~lightning_bet.models.BNN` (dense or convolutional) into deploy mode.
 
     BatchNorm uses its running statistics (eval mode), whatever ``net.training`` is.
 
     Args:
-        net: a ``BNN`` whose hidden blocks are ``BinaryLinear -> BatchNorm1d -> sign`` (no
-            pooling) and whose head is an ``OutputLayer``; the first layer takes real pixels
-            (``binarize_input=False``).
+        net: a ``BNN`` whose hidden blocks are ``BinaryConv2d -> [MaxPool2d] -> BatchNorm2d ->
+            sign`` (first, any number) then ``BinaryLinear -> BatchNorm1d -> sign`` and whose head
+            is an ``OutputLayer``; the first layer takes real pixels (``binarize_input=False``).
+            Convolutions: square kernels, equal strides and zero paddings on both axes,
+            ``groups=1``, ``dilation=1``, no bias; max-pool windows with stride equal to the
+            window that tile the map.
         input_levels: ``L``: inputs are ``q / L`` with integer ``q`` in ``[0, L]``.
 
     Returns:
         The :class:`DeployModel` (int8 weights, int64 thresholds, int8 directions).
 
     Raises:
-        ValueError: for convolutional or pooled blocks, a missing BatchNorm, a first layer that
-            binarizes its input, or a bad ``input_levels``.
+        ValueError: naming the block, for anything that cannot be exported exactly: grouped,
+            dilated or non-square convolutions, average or overlapping pooling, pool windows
+            that do not tile the map, a missing BatchNorm, a bias, a first layer that binarizes
+            its input, or a bad ``input_levels``.
 
     Example:
         >>> from lightning_bet.models import build_model
@@ -142,8 +267,10 @@ def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
             "Expected `net` to be a lightning_bet BNN (hidden `blocks` and an OutputLayer `head`), "
             f"but got {type(net).__name__}"
         )
+    conv_allowed = True
     for i, block in enumerate(blocks):
-        _check_block(i, block)
+        _check_block(i, block, conv_allowed)
+        conv_allowed = isinstance(block.layer, BinaryConv2d)
     first = blocks[0].layer if len(blocks) else head.layer
     if first.binarize_input:
         raise ValueError(
@@ -152,22 +279,23 @@ def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
         )
     if head.layer.bias is not None:
         raise ValueError("Expected the output layer to have no bias")
-    layers = []
+    input_shape = tuple(getattr(net, "input_shape", ()))
+    if isinstance(first, BinaryConv2d) and len(input_shape) != 3:
+        raise ValueError(
+            "Expected `net.input_shape` to be (C, H, W) for a network whose first layer is a "
+            f"BinaryConv2d, but got {input_shape!r}"
+        )
+    shape: tuple[int, ...] = input_shape if input_shape else (first.in_features,)
+    layers: list[DeployConv | DeployLayer] = []
     with torch.no_grad():
         for i, block in enumerate(blocks):
-            weight = block.layer.binary_weight()
-            # float64 statistics promote the whole fold to float64 (see the module docstring)
-            tau, d = fold_batchnorm(
-                block.bn, mean=block.bn.running_mean.double(), var=block.bn.running_var.double()
-            )
-            levels = input_levels if i == 0 else 1
-            layers.append(
-                DeployLayer(
-                    weight=weight.detach().cpu().numpy().astype(np.int8),
-                    threshold=fold_thresholds(tau, d, levels, block.layer.in_features),
-                    direction=d.cpu().numpy().astype(np.int8),
-                    binary_input=i > 0,
-                )
+            layer = _fold_block(i, block, shape, input_levels if i == 0 else 1)
+            layers.append(layer)
+            shape = layer.out_shape if isinstance(layer, DeployConv) else (layer.out_features,)
+        if math.prod(shape) != head.layer.in_features:
+            raise ValueError(
+                f"Expected the output layer to take {math.prod(shape)} features (the output of "
+                f"the last hidden block), but it takes {head.layer.in_features}"
             )
         layers.append(
             DeployLayer(
@@ -178,8 +306,7 @@ def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
             )
         )
         scale = float(head.scale.detach().cpu().float())
-    input_shape = tuple(getattr(net, "input_shape", ()))
-    if input_shape and math.prod(input_shape) != layers[0].shape[1]:
+    if input_shape and math.prod(input_shape) != layers[0].in_features:
         input_shape = ()
     return DeployModel(tuple(layers), input_levels, scale, input_shape)
 
@@ -209,6 +336,13 @@ class DeployModule(nn.Module):
         self.input_shape = model.input_shape
         self.in_features = model.in_features
         self.num_layers = len(model.layers)
+        #: per layer: ``None`` (dense) or ``(in_shape, stride, padding, pool)`` (convolutional)
+        self.geometry = [
+            (layer.in_shape, layer.stride, layer.padding, layer.pool)
+            if isinstance(layer, DeployConv)
+            else None
+            for layer in model.layers
+        ]
         for i, layer in enumerate(model.layers):
             self.register_buffer(f"weight{i}", torch.from_numpy(layer.weight.astype(np.float64)))
             if layer.threshold is not None:
@@ -242,14 +376,36 @@ class DeployModule(nn.Module):
             )
         return flat
 
+    def preactivation(self, i: int, v: Tensor) -> Tensor:
+        """Integer pre-activation of layer ``i`` (after max-pooling) as float64.
+
+        Args:
+            i: layer index.
+            v: ``(N, in_features)`` float64 input of layer ``i`` (pixels or ``+-1``).
+
+        Returns:
+            ``(N, C_out, H_out, W_out)`` for a convolutional layer, else ``(N, out_features)``.
+
+        """
+        weight = getattr(self, f"weight{i}")
+        geometry = self.geometry[i]
+        if geometry is None:
+            return v.reshape(v.shape[0], -1) @ weight.T
+        in_shape, stride, padding, pool = geometry
+        # zero padding contributes 0, exactly as the float model computes
+        a = F.conv2d(v.reshape(v.shape[0], *in_shape), weight, stride=stride, padding=padding)
+        return F.max_pool2d(a, pool) if pool > 1 else a
+
     def forward(self, q: Tensor) -> Tensor:  # noqa: D102
         v = self.check_input(q)
         for i in range(self.num_layers - 1):
-            a = v @ getattr(self, f"weight{i}").T
-            threshold = getattr(self, f"threshold{i}").to(torch.float64)
-            direction = getattr(self, f"direction{i}").to(torch.float64)
+            a = self.preactivation(i, v)
+            shape = (-1, 1, 1) if a.dim() == 4 else (-1,)
+            threshold = getattr(self, f"threshold{i}").to(torch.float64).reshape(shape)
+            direction = getattr(self, f"direction{i}").to(torch.float64).reshape(shape)
             v = torch.where(direction * (a - threshold) >= 0, 1.0, -1.0).to(torch.float64)
-        a = v @ getattr(self, f"weight{self.num_layers - 1}").T
+            v = v.reshape(v.shape[0], -1)  # (C, H, W) order, as PyTorch flattens
+        a = self.preactivation(self.num_layers - 1, v)
         return a.round().to(torch.int64)
 
 
