@@ -20,7 +20,7 @@ from lightning_bet.layers import BinaryConv2d, BinaryLinear
 
 __all__ = ["BNN", "ARCHITECTURES", "BinaryBlock", "OutputLayer", "build_model"]
 
-ARCHITECTURES = ("fcnn", "vgg3", "vgg7")
+ARCHITECTURES = ("fcnn", "cnn", "vgg3", "vgg7")
 
 
 class BinaryBlock(nn.Module):
@@ -200,29 +200,40 @@ def _vgg(
 
 
 def build_model(
-    arch: Literal["fcnn", "vgg3", "vgg7"] = "fcnn",
+    arch: Literal["fcnn", "cnn", "vgg3", "vgg7"] = "fcnn",
     input_shape: Sequence[int] = (1, 8, 8),
     num_classes: int = 10,
     hidden: Sequence[int] = (256, 256),
     binarize_input: bool = False,
+    channels: Sequence[int] = (32, 64),
 ) -> BNN:
     """Build a reference network.
 
     - ``"fcnn"``: dense blocks of widths ``hidden`` (``784-2048-2048-10`` for FashionMNIST with
       ``hidden=(2048, 2048)``; ``64-256-256-10`` for digits).
+    - ``"cnn"``: one ``C(c)-MP`` stage per entry of ``channels``, then dense blocks of widths
+      ``hidden`` (may be empty), then the output layer; ``channels=(32, 64), hidden=()`` is the
+      digits CNN ``C32-MP-C64-MP-FC10``.
     - ``"vgg3"``: ``C64-MP-C64-MP-FC(hidden[0])-FC(num_classes)`` (FashionMNIST).
     - ``"vgg7"``: ``C128-C128-MP-C256-C256-MP-C512-C512-MP-FC(hidden[0])-FC(num_classes)``
-      (CIFAR10). All convolutions are 3x3 with padding 1; max-pooling precedes BatchNorm.
+      (CIFAR10). All convolutions are 3x3 with padding 1; max-pooling (2x2) precedes BatchNorm.
 
     Args:
-        arch: one of ``"fcnn"``, ``"vgg3"``, ``"vgg7"``.
+        arch: one of ``"fcnn"``, ``"cnn"``, ``"vgg3"``, ``"vgg7"``.
         input_shape: shape of one sample, e.g. ``(1, 28, 28)``.
         num_classes: number of classes (>= 2).
-        hidden: widths of the hidden dense layers (for the CNNs, only ``hidden[0]`` is used).
+        hidden: widths of the hidden dense layers (``"vgg*"`` use only ``hidden[0]``; ``"cnn"``
+            uses all of them and accepts none).
         binarize_input: binarize the input of the first layer (default: real-valued pixels).
+        channels: ``"cnn"`` only: output channels of its conv stages.
 
     Returns:
         The network, a :class:`BNN`.
+
+    Example:
+        >>> net = build_model("cnn", (1, 8, 8), 10, hidden=(), channels=(32, 64))
+        >>> [type(block.layer).__name__ for block in net.blocks]
+        ['BinaryConv2d', 'BinaryConv2d']
 
     """
     if arch not in ARCHITECTURES:
@@ -230,6 +241,10 @@ def build_model(
     input_shape = _positive_ints("input_shape", input_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"Expected `num_classes` to be an int >= 2, but got {num_classes!r}")
+    if arch == "cnn":
+        dense = _positive_ints("hidden", hidden) if tuple(hidden) else ()
+        stages = [[c] for c in _positive_ints("channels", channels)]
+        return _vgg(input_shape, stages, dense, num_classes, binarize_input)
     hidden = _positive_ints("hidden", hidden)
     if arch == "fcnn":
         return _fcnn(input_shape, hidden, num_classes, binarize_input)

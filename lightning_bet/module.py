@@ -37,10 +37,10 @@ class BNNClassifier(L.LightningModule):
     Latent weights are clipped to [-1, 1] in place after every optimizer step.
 
     Args:
-        arch: ``"fcnn"``, ``"vgg3"`` or ``"vgg7"``.
+        arch: ``"fcnn"``, ``"cnn"``, ``"vgg3"`` or ``"vgg7"``.
         input_shape: shape of one sample, e.g. ``[1, 8, 8]``.
         num_classes: number of classes.
-        hidden: hidden dense widths (CNNs use ``hidden[0]``).
+        hidden: hidden dense widths (``"vgg*"`` use ``hidden[0]``; ``"cnn"`` may have none).
         binarize_input: binarize the first layer's input (default: real-valued pixels).
         loss: ``"cross_entropy"``, ``"mhl"`` (modified hinge loss) or ``"mcel"`` (margin
             cross-entropy).
@@ -50,12 +50,13 @@ class BNNClassifier(L.LightningModule):
         weight_decay: Adam weight decay.
         lr_step_size: StepLR period in epochs.
         lr_gamma: StepLR factor.
+        channels: ``"cnn"`` only: output channels of its ``conv 3x3 -> max-pool 2`` stages.
 
     """
 
     def __init__(
         self,
-        arch: Literal["fcnn", "vgg3", "vgg7"] = "fcnn",
+        arch: Literal["fcnn", "cnn", "vgg3", "vgg7"] = "fcnn",
         input_shape: Sequence[int] = (1, 8, 8),
         num_classes: int = 10,
         hidden: Sequence[int] = (256, 256),
@@ -67,6 +68,7 @@ class BNNClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         lr_step_size: int = 25,
         lr_gamma: float = 0.5,
+        channels: Sequence[int] = (32, 64),
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -76,7 +78,7 @@ class BNNClassifier(L.LightningModule):
                 raise ValueError(f"Expected `{name}` to be a float > 0, but got {value!r}")
         check_positive_int("lr_step_size", lr_step_size)
         self.save_hyperparameters()
-        self.net = build_model(arch, input_shape, num_classes, hidden, binarize_input)
+        self.net = build_model(arch, input_shape, num_classes, hidden, binarize_input, channels)
         self.criterion = resolve_loss(loss, mhl_b=mhl_b, mcel_margin=mcel_margin)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -222,7 +222,9 @@ def test_to_deploy_rejects_unsupported_networks():
         to_deploy(build_model("fcnn", (1, 8, 8), 10, (16,), binarize_input=True), 16)
     net = build_model("fcnn", (1, 8, 8), 10, (16, 16))
     net.blocks[1].bn = nn.Identity()
-    with pytest.raises(ValueError, match="block 1 to have a BatchNorm1d after its BinaryLinear, but got Identity"):
+    with pytest.raises(
+        ValueError, match="block 1 to have a BatchNorm1d after its BinaryLinear, but got Ident"
+    ):
         to_deploy(net, 16)
     net = build_model("fcnn", (1, 8, 8), 10, (16,))
     net.blocks[0].pool = nn.Identity()

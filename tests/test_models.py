@@ -14,6 +14,8 @@ from lightning_bet.functional.binarize import sign
         ("fcnn", (1, 28, 28), (2048, 2048), 3),
         ("vgg3", (1, 28, 28), (2048,), 4),
         ("vgg7", (3, 32, 32), (1024,), 8),
+        ("cnn", (1, 8, 8), (), 3),
+        ("cnn", (3, 16, 16), (32, 16), 5),
     ],
 )
 def test_reference_models_shapes(arch, shape, hidden, n_binary):
@@ -70,7 +72,7 @@ def test_blocks_structure():
     [
         (
             {"arch": "resnet"},
-            "Expected `arch` to be one of \\['fcnn', 'vgg3', 'vgg7'\\], but got 'resnet'",
+            "Expected `arch` to be one of \\['fcnn', 'cnn', 'vgg3', 'vgg7'\\], but got 'resnet'",
         ),
         (
             {"hidden": []},
@@ -86,6 +88,11 @@ def test_blocks_structure():
             "Expected `input_shape` to be \\(channels, height, width\\)",
         ),
         ({"arch": "vgg7", "input_shape": (3, 20, 20)}, "divisible by 8"),
+        (
+            {"arch": "cnn", "channels": []},
+            "Expected `channels` to be a non-empty list of positive ints, but got \\[\\]",
+        ),
+        ({"arch": "cnn", "channels": [8, 8, 8, 8]}, "divisible by 16"),
     ],
 )
 def test_bad_model_arguments(kwargs, message):
@@ -100,3 +107,11 @@ def test_wrong_input_shape_message():
         match=r"Expected input of shape \(N, 1, 8, 8\) or \(N, 64\), but got \(2, 3, 32, 32\)",
     ):
         model(torch.zeros(2, 3, 32, 32))
+
+
+def test_digits_cnn_is_c32_mp_c64_mp_fc10():
+    net = build_model("cnn", (1, 8, 8), 10, hidden=(), channels=(32, 64))
+    convs = [block.layer for block in net.blocks]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 32), (32, 64)]
+    assert all(block.pool is not None for block in net.blocks)
+    assert net.head.layer.in_features == 64 * 2 * 2 and net.head.flatten
