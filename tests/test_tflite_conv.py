@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import replace
@@ -26,6 +25,8 @@ from tests.test_deploy_conv import conv_net
 from tests.test_deploy_fold import digits_test_pixels, randomize_batchnorm_
 from tests.test_tflite_export import (
     RESOLVERS,
+    _forced,
+    _forced_layer,
     describe_tflite,
     first_argmax,
     needs_runtime,
@@ -399,19 +400,6 @@ def test_signature_runner_and_input_layouts():
 
 def _small_cnn() -> DeployModel:
     return random_deploy_cnn(5, 16, **GEOMETRIES["k3_p1_same_then_pool2"][0], num_classes=3)
-
-
-def _forced(obj, **fields):
-    out = copy.copy(obj)
-    for name, value in fields.items():
-        object.__setattr__(out, name, value)
-    return out
-
-
-def _forced_layer(model, index, **changes):
-    layers = list(model.layers)
-    layers[index] = _forced(layers[index], **changes)
-    return _forced(model, layers=tuple(layers))
 
 
 def _dense_then_conv(model):
