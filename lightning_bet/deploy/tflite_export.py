@@ -769,7 +769,9 @@ def read_tflite_metadata(model_bytes: bytes) -> dict[str, Any]:
 
     Returns:
         ``{"format", "version", "input_levels", "input_shape", "scale", "layers", "weights",
-        "inputs", "outputs"}``; ``"layers"`` lists ``[out, in]`` per layer.
+        "inputs", "outputs"}``; ``"layers"`` lists ``[out, in]`` per layer (flattened sizes for
+        a convolution). A convolutional network also has ``"convolutions"``: per conv layer
+        ``{"in_shape", "out_shape", "kernel", "stride", "padding", "pool"}``.
 
     Raises:
         ValueError: if the model has no lightning-bet metadata entry.
