@@ -437,6 +437,31 @@ def test_empty_batch_and_uint8_inputs():
     np.testing.assert_array_equal(run_tflite(data, q)[1], reference_logits(model, q))
 
 
+@needs_runtime
+def test_export_command_writes_an_int8_tflite(tmp_path):
+    from lightning_bet.cli import main
+    from lightning_bet.deploy.bitstream import read_bitstream
+    from tests.test_deploy_fold import trained_digits
+
+    _, ckpt = trained_digits()
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits_fcnn.yaml"
+    argv = ["export", "--ckpt", str(ckpt), "--config", str(recipe)]
+    main([*argv, "--out", str(tmp_path / "int8"), "--tflite-weights", "int8"])
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert manifest["tflite_weights"] == "int8"
+    assert manifest["agreement"]["tflite"] == 1.0  # on every digits test sample
+    data = (tmp_path / "int8" / "model.tflite").read_bytes()
+    assert read_tflite_metadata(data)["weights"] == "int8"
+    assert tflite_op_names(data).count("DEQUANTIZE") == 3
+    model = read_bitstream((tmp_path / "int8" / "model.bet").read_bytes())
+    assert 3.5 < len(write_tflite(model, weights="float32")) / len(data) < 4
+    with pytest.raises(
+        ValueError, match=r"`tflite_weights` to be 'float32' or 'int8', but got 'x'"
+    ):
+        main([*argv, "--out", str(tmp_path / "bad"), "--tflite-weights", "x"])
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
 GOLDEN = Path(__file__).parent / "golden" / "tflite_small.json"
 
 

@@ -16,6 +16,21 @@ Graph, for a batch of ``N`` samples (the batch dimension is dynamic: ``shape_sig
   (``d * W`` is still in ``{-1, +1}``), then ``v = SELECT_V2(GREATER_EQUAL(z, 0), +1, -1)``.
   This is exactly deploy mode's ``o = +1 iff d * (a - T) >= 0`` (``SIGN`` is not used: TFLite's
   ``SIGN(0)`` is ``0``, not ``+1``).
+- convolutional layer (:class:`~lightning_bet.deploy.model.DeployConv`, kernels ``W``, stride
+  ``s``, zero padding ``p``, max-pool window ``P``) on NHWC tensors: the flat input is first
+  brought to ``(N, H, W, C)`` (``RESHAPE``, then ``TRANSPOSE`` when ``C > 1``). Zero padding must
+  contribute 0, so the *binarized* (or pixel) input is padded with zeros: ``CONV_2D`` with
+  ``SAME`` padding where TFLite's ``SAME`` reads exactly PyTorch's windows (stride 1 and
+  ``p = (k - 1) / 2``, and some strided cases), else ``PAD`` with ``p`` zeros on each side then
+  a ``VALID`` ``CONV_2D``. Without pooling the direction is folded into the kernels as for a
+  dense layer: ``z = CONV_2D(v, d * W, bias=-d * T)``. With pooling the pool must see ``a``
+  itself (max-pool then threshold is an OR of threshold bits for ``d = +1`` and an AND for
+  ``d = -1``): ``z = MUL(MAX_POOL_2D(CONV_2D(v, W, bias=-T)), d)``, exact since
+  ``max(a) - T = max(a - T)``. Then the sign as for a dense layer. Before the first dense layer
+  the ``(N, H, W, C)`` map is flattened in PyTorch's ``(C, H, W)`` order (``TRANSPOSE`` to
+  ``(N, C, H, W)`` when ``C > 1`` and ``H W > 1``, then ``RESHAPE``), so the dense weights are
+  deploy mode's, unpermuted. The input stays the flat ``(N, C*H*W)`` pixels in ``(C, H, W)``
+  order, as for a dense network.
 - output layer: ``logits = FULLY_CONNECTED(v, W)`` (integer values, unscaled: multiply by
   ``model.scale`` for the float logits) and ``prediction = ARG_MAX(logits, axis=1)`` (int32;
   the builtin kernel keeps the first index on ties, as deploy mode does, which the tests check).
@@ -25,8 +40,9 @@ Graph, for a batch of ``N`` samples (the batch dimension is dynamic: ``shape_sig
 Exactness: every value in the graph is an integer. A float32 sum of integers is exact, whatever
 the summation order, as long as every partial sum stays within ``2**24``. With fan-in ``n`` and
 inputs bounded by ``m`` (``m = input_levels`` for pixel inputs, 1 for ``±1`` inputs), ``|a| <= B =
-n * m``; thresholds are clamped to ``[-(B + 1), B + 1]`` (which does not change any output, since
-``a`` never leaves ``[-B, B]``), so partial sums including the bias stay within ``2 B + 1``.
+n * m`` (``n = C_in k k`` for a convolution, fewer terms at padded borders); thresholds are
+clamped to ``[-(B + 1), B + 1]`` (which does not change any output, since ``a`` never leaves
+``[-B, B]``), so partial sums including the bias stay within ``2 B + 1``.
 :func:`write_tflite` raises a ``ValueError`` if ``2 B + 1 > 2**24`` for any layer (e.g. more than
 32 896 pixel inputs at 255 levels, or more than 8 388 607 binary inputs): far above the reference
 networks (``784 * 255 = 199 920`` for FashionMNIST).
@@ -49,7 +65,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lightning_bet._validation import check_positive_int
-from lightning_bet.deploy.model import DeployModel
+from lightning_bet.deploy.model import DeployConv, DeployModel
 
 __all__ = [
     "SIGNATURE_KEY",
@@ -75,6 +91,20 @@ _OP_RESOLVERS = ("auto", "builtin", "reference")
 
 # TFLite schema constants (schema.fbs): TensorType, BuiltinOperator, BuiltinOptions.
 _FLOAT32, _INT32, _BOOL, _INT8 = 0, 2, 6, 9
+_OPS = {
+    "CONV_2D": 3,
+    "DEQUANTIZE": 6,
+    "FULLY_CONNECTED": 9,
+    "MAX_POOL_2D": 17,
+    "MUL": 18,
+    "RESHAPE": 22,
+    "PAD": 34,
+    "TRANSPOSE": 39,
+    "ARG_MAX": 56,
+    "GREATER_EQUAL": 62,
+    "SELECT_V2": 123,
+}
+_SAME, _VALID = 0, 1  # Padding
 _DEPRECATED_CODE_LIMIT = 127  # PLACEHOLDER_FOR_GREATER_OP_CODES
 
 
@@ -123,11 +153,9 @@ class _Graph:
         )
         return len(self.tensors) - 1
 
-    def activation(self, name: str, dtype: int, width: int | None) -> int:
-        """A ``(N, width)`` (or ``(N,)`` for ``width=None``) tensor with a dynamic batch."""
-        shape = (1,) if width is None else (1, width)
-        signature = (-1,) if width is None else (-1, width)
-        self.tensors.append(_Tensor(name, shape, signature, dtype, 0))
+    def activation(self, name: str, dtype: int, *dims: int) -> int:
+        """A ``(N, *dims)`` tensor with a dynamic batch ``N``."""
+        self.tensors.append(_Tensor(name, (1, *dims), (-1, *dims), dtype, 0))
         return len(self.tensors) - 1
 
     def op(self, code: int, inputs: tuple[int, ...], outputs: tuple[int, ...], **kw: Any) -> None:
@@ -171,10 +199,40 @@ def _layer_bound(fan_in: int, binary_input: bool, input_levels: int) -> int:
     return fan_in * (1 if binary_input else input_levels)
 
 
-def _validated_layers(
-    model: DeployModel,
-) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, bool, int]]:
-    """Check ``model`` against the deploy-mode contract; ``(W, T, d, binary, bound)`` per layer."""
+@dataclass
+class _Checked:
+    """One validated layer: ``conv`` is the layer itself for a convolution, else ``None``."""
+
+    weight: np.ndarray
+    threshold: np.ndarray | None
+    direction: np.ndarray | None
+    bound: int
+    conv: DeployConv | None = None
+
+    def clipped_threshold(self) -> np.ndarray:
+        """int64 ``T`` clamped to ``[-(B + 1), B + 1]`` (clamped first: no wrap-around)."""
+        return np.clip(self.threshold, -(self.bound + 1), self.bound + 1).astype(np.int64)
+
+
+def _check_conv_geometry(prefix: str, layer: DeployConv) -> None:
+    """Re-run :class:`DeployConv`'s own checks (stride, padding, pool tiling, shapes)."""
+    try:
+        DeployConv(
+            layer.weight,
+            layer.threshold,
+            layer.direction,
+            layer.in_shape,
+            layer.stride,
+            layer.padding,
+            layer.pool,
+            layer.binary_input,
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"Expected `{prefix}` to be a valid convolution: {error}") from None
+
+
+def _validated_layers(model: DeployModel) -> list[_Checked]:
+    """Check ``model`` against the deploy-mode contract, layer by layer."""
     if not isinstance(model, DeployModel):
         raise TypeError(f"Expected `model` to be a DeployModel, but got {type(model).__name__}")
     levels = model.input_levels
@@ -184,29 +242,49 @@ def _validated_layers(
     layers = tuple(model.layers)
     if not layers:
         raise ValueError("Expected `model.layers` to hold at least the output layer, but got ()")
-    checked = []
-    width = None
+    checked: list[_Checked] = []
+    width = 0  # output features of the layer before
+    previous: DeployConv | None = None  # the layer before, if convolutional
     for i, layer in enumerate(layers):
         prefix = f"model.layers[{i}]"
         is_output = i == len(layers) - 1
+        conv = isinstance(layer, DeployConv)
+        if conv and is_output:
+            raise ValueError(
+                f"Expected the output layer `{prefix}` to be a dense DeployLayer, but got a "
+                "DeployConv"
+            )
+        if conv and i > 0 and previous is None:
+            raise ValueError(
+                f"Expected convolutional layers before dense ones, but `{prefix}` is a DeployConv "
+                f"after the dense model.layers[{i - 1}]"
+            )
         weight = layer.weight
-        if not isinstance(weight, np.ndarray) or weight.ndim != 2 or 0 in weight.shape:
+        ndim, kind = (4, "(C_out, C_in, k, k)") if conv else (2, "(out, in)")
+        if not isinstance(weight, np.ndarray) or weight.ndim != ndim or 0 in weight.shape:
             shape = getattr(weight, "shape", type(weight).__name__)
             raise ValueError(
-                f"Expected `{prefix}.weight` to be a non-empty 2-D numpy array (out, in), but got "
-                f"{shape}"
+                f"Expected `{prefix}.weight` to be a non-empty {ndim}-D numpy array {kind}, but "
+                f"got {shape}"
             )
-        out, fan_in = weight.shape
-        _check_array(f"{prefix}.weight", weight, (out, fan_in))
+        _check_array(f"{prefix}.weight", weight, weight.shape)
         _check_signs(f"{prefix}.weight", weight)
-        if width is None:
-            flat = math.prod(model.input_shape) if len(model.input_shape) else fan_in
-            if flat != fan_in:
+        out, fan_in = weight.shape[0], math.prod(weight.shape[1:])
+        if i == 0:
+            in_features = layer.in_features if conv else fan_in
+            flat = math.prod(model.input_shape) if len(model.input_shape) else in_features
+            if flat != in_features or (conv and tuple(model.input_shape) != layer.in_shape):
+                got = f"a convolution of `in_shape` {layer.in_shape}" if conv else f"{fan_in}"
                 raise ValueError(
-                    f"Expected `model.layers[0].weight` to have {flat} inputs "
-                    f"(`model.input_shape` {tuple(model.input_shape)}), but got {fan_in}"
+                    f"Expected `{prefix}.weight` to have {flat} inputs (`model.input_shape` "
+                    f"{tuple(model.input_shape)}), but got {got}"
                 )
-        elif fan_in != width:
+        elif conv and layer.in_shape != previous.out_shape:
+            raise ValueError(
+                f"Expected `{prefix}.in_shape` to be {previous.out_shape} (the output of "
+                f"model.layers[{i - 1}]), but got {layer.in_shape}"
+            )
+        elif not conv and fan_in != width:
             raise ValueError(
                 f"Expected `{prefix}.weight` to have {width} inputs (the outputs of "
                 f"model.layers[{i - 1}]), but got shape {weight.shape}"
@@ -238,6 +316,8 @@ def _validated_layers(
                 )
             direction = _check_array(f"{prefix}.direction", layer.direction, (out,))
             _check_signs(f"{prefix}.direction", direction)
+        if conv:
+            _check_conv_geometry(prefix, layer)
         binary = bool(layer.binary_input)
         bound = _layer_bound(fan_in, binary, int(levels))
         if 2 * bound + 1 > _EXACT_LIMIT:
@@ -246,13 +326,14 @@ def _validated_layers(
                 f"must be at most {(_EXACT_LIMIT - 1) // 2}), but got fan-in {fan_in} with "
                 f"inputs up to {1 if binary else levels}"
             )
-        checked.append((weight, threshold, direction, binary, bound))
-        width = out
+        checked.append(_Checked(weight, threshold, direction, bound, layer if conv else None))
+        width = layer.out_features if conv else out
+        previous = layer if conv else None
     return checked
 
 
 def _metadata(model: DeployModel, weights: str) -> dict[str, Any]:
-    return {
+    meta = {
         "format": _FORMAT,
         "version": _FORMAT_VERSION,
         "input_levels": int(model.input_levels),
@@ -263,64 +344,214 @@ def _metadata(model: DeployModel, weights: str) -> dict[str, Any]:
         "inputs": ["q"],
         "outputs": ["logits", "prediction"],
     }
+    convs = [layer for layer in model.layers if isinstance(layer, DeployConv)]
+    if convs:  # only for convolutional networks: dense files stay byte for byte as they were
+        meta["convolutions"] = [
+            {
+                "in_shape": list(layer.in_shape),
+                "out_shape": list(layer.out_shape),
+                "kernel": layer.kernel_size,
+                "stride": layer.stride,
+                "padding": layer.padding,
+                "pool": layer.pool,
+            }
+            for layer in convs
+        ]
+    return meta
+
+
+def _same_is_exact(conv: DeployConv) -> bool:
+    """Whether TFLite's ``SAME`` padding reads exactly PyTorch's zero-padded windows.
+
+    TFLite's ``SAME`` gives ``ceil(H / s)`` outputs and pads ``total // 2`` zeros before, with
+    ``total = (out - 1) s + k - H``; both convolutions then read the same input positions (zeros
+    beyond the borders) when the output sizes and the padding before agree on both axes.
+    """
+    k, s, p = conv.kernel_size, conv.stride, conv.padding
+    for size, out in zip(conv.in_shape[1:], conv.conv_shape[1:], strict=True):
+        same_out = -(-size // s)
+        before = max((same_out - 1) * s + k - size, 0) // 2
+        if same_out != out or before != p:
+            return False
+    return True
+
+
+# Builders of the operators' options tables (called while serializing).
+def _fc_options(builder: Any) -> int:
+    tflite = _import_schema()
+    tflite.FullyConnectedOptionsStart(builder)
+    return tflite.FullyConnectedOptionsEnd(builder)  # no activation, default weights format
+
+
+def _conv_options(padding: int, stride: int) -> Callable[[Any], int]:
+    def build(builder: Any) -> int:
+        tflite = _import_schema()
+        tflite.Conv2DOptionsStart(builder)
+        tflite.Conv2DOptionsAddPadding(builder, padding)
+        tflite.Conv2DOptionsAddStrideW(builder, stride)
+        tflite.Conv2DOptionsAddStrideH(builder, stride)
+        tflite.Conv2DOptionsAddDilationWFactor(builder, 1)
+        tflite.Conv2DOptionsAddDilationHFactor(builder, 1)
+        return tflite.Conv2DOptionsEnd(builder)  # no fused activation
+
+    return build
+
+
+def _pool_options(window: int) -> Callable[[Any], int]:
+    def build(builder: Any) -> int:
+        tflite = _import_schema()
+        tflite.Pool2DOptionsStart(builder)
+        tflite.Pool2DOptionsAddPadding(builder, _VALID)
+        tflite.Pool2DOptionsAddStrideW(builder, window)
+        tflite.Pool2DOptionsAddStrideH(builder, window)
+        tflite.Pool2DOptionsAddFilterWidth(builder, window)
+        tflite.Pool2DOptionsAddFilterHeight(builder, window)
+        return tflite.Pool2DOptionsEnd(builder)
+
+    return build
+
+
+def _mul_options(builder: Any) -> int:
+    tflite = _import_schema()
+    tflite.MulOptionsStart(builder)
+    return tflite.MulOptionsEnd(builder)
+
+
+def _argmax_options(builder: Any) -> int:
+    tflite = _import_schema()
+    tflite.ArgMaxOptionsStart(builder)
+    tflite.ArgMaxOptionsAddOutputType(builder, _INT32)
+    return tflite.ArgMaxOptionsEnd(builder)
+
+
+class _ModelGraph(_Graph):
+    """A :class:`_Graph` with the building blocks of a deploy-mode network."""
+
+    def __init__(self, weights: str) -> None:
+        super().__init__()
+        self.weights = weights
+        self.plus = self.const("plus_one", np.ones((1,), np.float32))
+        self.minus = self.const("minus_one", -np.ones((1,), np.float32))
+        self.zero = self.const("zero", np.zeros((1,), np.float32))
+
+    def sign(self, name: str, x: int, dims: tuple[int, ...]) -> int:
+        """``+1`` where ``x >= 0``, else ``-1`` (``SIGN`` would give 0 at 0)."""
+        cond = self.activation(f"{name}/ge0", _BOOL, *dims)
+        self.op(_OPS["GREATER_EQUAL"], (x, self.zero), (cond,))
+        out = self.activation(name, _FLOAT32, *dims)
+        self.op(_OPS["SELECT_V2"], (cond, self.plus, self.minus), (out,))
+        return out
+
+    def weight(self, name: str, w: np.ndarray) -> int:
+        """A float32 weight tensor, stored as float32 or as int8 behind a ``DEQUANTIZE``."""
+        if self.weights == "float32":
+            return self.const(name, w.astype(np.float32))
+        stored = self.const(f"{name}/int8", w.astype(np.int8), quantized=True)
+        out = len(self.tensors)
+        self.tensors.append(_Tensor(name, tuple(w.shape), None, _FLOAT32, 0))
+        self.op(_OPS["DEQUANTIZE"], (stored,), (out,), version=2)  # version 2: int8 input
+        return out
+
+    def reshaped(self, name: str, x: int, dims: tuple[int, ...]) -> int:
+        shape = self.const(f"{name}/shape", np.array((-1, *dims), np.int32))
+        out = self.activation(name, _FLOAT32, *dims)
+        self.op(_OPS["RESHAPE"], (x, shape), (out,))
+        return out
+
+    def transposed(self, name: str, x: int, perm: tuple[int, ...], dims: tuple[int, ...]) -> int:
+        perm_tensor = self.const(f"{name}/perm", np.array(perm, np.int32))
+        out = self.activation(name, _FLOAT32, *dims)
+        self.op(_OPS["TRANSPOSE"], (x, perm_tensor), (out,))
+        return out
+
+    def to_nhwc(self, name: str, x: int, chw: tuple[int, int, int]) -> int:
+        """``(N, C*H*W)`` in PyTorch's order -> ``(N, H, W, C)``."""
+        c, h, w = chw
+        if c == 1:  # (1, H, W) and (H, W, 1) have the same element order
+            return self.reshaped(name, x, (h, w, 1))
+        return self.transposed(name, self.reshaped(f"{name}/nchw", x, chw), (0, 2, 3, 1), (h, w, c))
+
+    def to_flat(self, name: str, x: int, chw: tuple[int, int, int]) -> int:
+        """``(N, H, W, C)`` -> ``(N, C*H*W)`` flattened in PyTorch's ``(C, H, W)`` order."""
+        c, h, w = chw
+        if c > 1 and h * w > 1:
+            x = self.transposed(f"{name}/nchw", x, (0, 3, 1, 2), chw)
+        return self.reshaped(name, x, (c * h * w,))
+
+    def dense(self, i: int, v: int, layer: _Checked) -> int:
+        """Hidden dense layer ``i`` on ``(N, in)``: ``sign(d * (W v - T))``, ``(N, out)``."""
+        out = layer.weight.shape[0]
+        d64 = layer.direction.astype(np.int64)
+        kernel = self.weight(f"layer{i}/weight", d64[:, None] * layer.weight.astype(np.int64))
+        bias = self.const(f"layer{i}/bias", (-d64 * layer.clipped_threshold()).astype(np.float32))
+        z = self.activation(f"layer{i}/d_times_a_minus_t", _FLOAT32, out)
+        self.op(
+            _OPS["FULLY_CONNECTED"], (v, kernel, bias), (z,), options_type=8, options=_fc_options
+        )
+        return self.sign(f"layer{i}/output", z, (out,))
+
+    def conv(self, i: int, v: int, layer: _Checked) -> int:
+        """Convolutional layer ``i`` on ``(N, H, W, C_in)``: ``(N, H_out, W_out, C_out)``."""
+        conv = layer.conv
+        c_out, h_c, w_c = conv.conv_shape
+        p = conv.padding
+        padding = _SAME if p and _same_is_exact(conv) else _VALID
+        if p and padding == _VALID:  # explicit zeros: they add 0, for pixels and +-1 alike
+            c, h, w = conv.in_shape
+            pads = np.array([[0, 0], [p, p], [p, p], [0, 0]], np.int32)
+            padded = self.activation(f"layer{i}/padded", _FLOAT32, h + 2 * p, w + 2 * p, c)
+            self.op(_OPS["PAD"], (v, self.const(f"layer{i}/paddings", pads)), (padded,))
+            v = padded
+        d64 = layer.direction.astype(np.int64)
+        w64, bias = layer.weight.astype(np.int64), -layer.clipped_threshold()
+        pooled = conv.pool > 1
+        if not pooled:  # fold the direction into the kernels, as for a dense layer
+            w64, bias = d64[:, None, None, None] * w64, d64 * bias
+        kernel = self.weight(f"layer{i}/weight", w64.transpose(0, 2, 3, 1))  # OHWI
+        bias_tensor = self.const(f"layer{i}/bias", bias.astype(np.float32))
+        name = f"layer{i}/a_minus_t" if pooled else f"layer{i}/d_times_a_minus_t"
+        z = self.activation(name, _FLOAT32, h_c, w_c, c_out)
+        options = _conv_options(padding, conv.stride)
+        self.op(_OPS["CONV_2D"], (v, kernel, bias_tensor), (z,), options_type=1, options=options)
+        dims = (h_c, w_c, c_out)
+        if pooled:  # the pool sees a - T itself; the direction comes after it
+            dims = (*conv.out_shape[1:], c_out)
+            pool = self.activation(f"layer{i}/pooled", _FLOAT32, *dims)
+            options = _pool_options(conv.pool)
+            self.op(_OPS["MAX_POOL_2D"], (z,), (pool,), options_type=5, options=options)
+            direction = self.const(f"layer{i}/direction", d64.astype(np.float32))
+            z = self.activation(f"layer{i}/d_times_a_minus_t", _FLOAT32, *dims)
+            self.op(_OPS["MUL"], (pool, direction), (z,), options_type=21, options=_mul_options)
+        return self.sign(f"layer{i}/output", z, dims)
 
 
 def _build_graph(model: DeployModel, weights: str) -> tuple[_Graph, int, tuple[int, int]]:
     layers = _validated_layers(model)
-    graph = _Graph()
-    fc, ge, select, argmax, dequantize = 9, 62, 123, 56, 6  # BuiltinOperator codes
-    plus = graph.const("plus_one", np.ones((1,), np.float32))
-    minus = graph.const("minus_one", -np.ones((1,), np.float32))
-    zero = graph.const("zero", np.zeros((1,), np.float32))
-
-    def fc_options(builder: Any) -> int:
-        tflite = _import_schema()
-        tflite.FullyConnectedOptionsStart(builder)
-        return tflite.FullyConnectedOptionsEnd(builder)  # no activation, default weights format
-
-    def sign(name: str, x: int, width: int) -> int:
-        cond = graph.activation(f"{name}/ge0", _BOOL, width)
-        graph.op(ge, (x, zero), (cond,))
-        out = graph.activation(name, _FLOAT32, width)
-        graph.op(select, (cond, plus, minus), (out,))
-        return out
-
-    def weight_tensor(name: str, w: np.ndarray) -> int:
-        if weights == "float32":
-            return graph.const(name, w.astype(np.float32))
-        stored = graph.const(f"{name}/int8", w.astype(np.int8), quantized=True)
-        out = len(graph.tensors)
-        graph.tensors.append(_Tensor(name, tuple(w.shape), None, _FLOAT32, 0))
-        graph.op(dequantize, (stored,), (out,), version=2)  # version 2: int8 input
-        return out
-
-    x = graph.activation("q", _FLOAT32, layers[0][0].shape[1])
+    graph = _ModelGraph(weights)
+    x = graph.activation("q", _FLOAT32, model.in_features)
     v = x
-    for i, (w, t, d, _, bound) in enumerate(layers[:-1]):
-        out = w.shape[0]
-        d64 = d.astype(np.int64)
-        t64 = np.clip(t, -(bound + 1), bound + 1).astype(np.int64)  # clip first: no wrap-around
-        kernel = weight_tensor(f"layer{i}/weight", d64[:, None] * w.astype(np.int64))
-        bias = graph.const(f"layer{i}/bias", (-d64 * t64).astype(np.float32))
-        z = graph.activation(f"layer{i}/d_times_a_minus_t", _FLOAT32, out)
-        graph.op(fc, (v, kernel, bias), (z,), options_type=8, options=fc_options)
-        v = sign(f"layer{i}/output", z, out)
-    w = layers[-1][0]
-    classes = w.shape[0]
-    kernel = weight_tensor(f"layer{len(layers) - 1}/weight", w)
-    logits = graph.activation("logits", _FLOAT32, classes)
+    convs = [layer.conv for layer in layers if layer.conv is not None]
+    if convs:
+        v = graph.to_nhwc("q/nhwc", v, convs[0].in_shape)
+    for i, layer in enumerate(layers[:-1]):
+        if layer.conv is None:
+            v = graph.dense(i, v, layer)
+            continue
+        v = graph.conv(i, v, layer)
+        if i == len(convs) - 1:
+            v = graph.to_flat(f"layer{i}/flat", v, layer.conv.out_shape)
+    w = layers[-1].weight
+    kernel = graph.weight(f"layer{len(layers) - 1}/weight", w)
+    logits = graph.activation("logits", _FLOAT32, w.shape[0])
     # Optional bias input of FULLY_CONNECTED omitted with index -1.
-    graph.op(fc, (v, kernel, -1), (logits,), options_type=8, options=fc_options)
-
-    def argmax_options(builder: Any) -> int:
-        tflite = _import_schema()
-        tflite.ArgMaxOptionsStart(builder)
-        tflite.ArgMaxOptionsAddOutputType(builder, _INT32)
-        return tflite.ArgMaxOptionsEnd(builder)
-
+    graph.op(
+        _OPS["FULLY_CONNECTED"], (v, kernel, -1), (logits,), options_type=8, options=_fc_options
+    )
     axis = graph.const("class_axis", np.ones((1,), np.int32))
-    prediction = graph.activation("prediction", _INT32, None)
-    graph.op(argmax, (logits, axis), (prediction,), options_type=40, options=argmax_options)
+    prediction = graph.activation("prediction", _INT32)
+    graph.op(
+        _OPS["ARG_MAX"], (logits, axis), (prediction,), options_type=40, options=_argmax_options
+    )
     meta = json.dumps(_metadata(model, weights), sort_keys=True).encode()
     graph.metadata.append((TFLITE_METADATA_NAME, graph.buffer(meta)))
     return graph, x, (logits, prediction)
@@ -472,19 +703,20 @@ def write_tflite(
 ) -> bytes:
     """Write a deploy-mode model as a ``.tflite`` flatbuffer of builtin ops only.
 
-    The graph (module docstring) reproduces deploy mode exactly: integer logits equal
-    ``W_L @ ... `` of :class:`~lightning_bet.deploy.model.DeployModel` on every input, and the
-    prediction is the first maximal logit.
+    The graph (module docstring) reproduces deploy mode exactly: the integer logits equal
+    :func:`~lightning_bet.deploy.fold.deploy_forward`'s on every input, and the prediction is
+    the first maximal logit.
 
     Args:
-        model: the deploy-mode network (dense layers; weights and directions ``±1``, integer
-            thresholds).
+        model: the deploy-mode network (convolutional layers, then dense layers; weights and
+            directions ``±1``, integer thresholds).
         path: if given, also write the bytes to this file.
         weights: ``"float32"`` (default; 4 bytes per binary weight) or ``"int8"`` (1 byte per
             weight, a ``DEQUANTIZE`` op converts them to float32 at load time; exact).
 
     Returns:
-        The flatbuffer bytes. Input ``"q"``: float32 ``(N, F)`` integer pixels (dynamic ``N``);
+        The flatbuffer bytes. Input ``"q"``: float32 ``(N, F)`` integer pixels (dynamic ``N``;
+        for a convolutional network ``F = C * H * W`` in PyTorch's ``(C, H, W)`` order);
         outputs ``"logits"``: float32 ``(N, C)`` integer-valued unscaled logits, and
         ``"prediction"``: int32 ``(N,)``.
 
@@ -492,7 +724,8 @@ def write_tflite(
         TypeError: if ``model`` is not a ``DeployModel`` or holds non-array weights.
         ValueError: if ``model`` breaks the deploy-mode contract (no layers, mismatched shapes,
             weights or directions not ``±1``, non-integer thresholds, a hidden layer without
-            threshold, an output layer with one) or a layer's sums could exceed ``2**24``.
+            threshold, an output layer with one, a convolution after a dense layer or with an
+            invalid geometry) or a layer's sums could exceed ``2**24``.
 
     Example:
         >>> import numpy as np
@@ -536,7 +769,9 @@ def read_tflite_metadata(model_bytes: bytes) -> dict[str, Any]:
 
     Returns:
         ``{"format", "version", "input_levels", "input_shape", "scale", "layers", "weights",
-        "inputs", "outputs"}``; ``"layers"`` lists ``[out, in]`` per layer.
+        "inputs", "outputs"}``; ``"layers"`` lists ``[out, in]`` per layer (flattened sizes for
+        a convolution). A convolutional network also has ``"convolutions"``: per conv layer
+        ``{"in_shape", "out_shape", "kernel", "stride", "padding", "pool"}``.
 
     Raises:
         ValueError: if the model has no lightning-bet metadata entry.
@@ -703,13 +938,20 @@ def tflite_size_report(model: DeployModel) -> dict[str, int | float]:
         ``{"tflite_float32_bytes", "tflite_int8_bytes", "weight_count", "weight_bits_bytes",
         "float32_over_bits", "int8_over_bits"}``: the full flatbuffer sizes for both weight
         storages, the number of binary weights, the bytes of those weights packed at 1 bit each
-        with every row padded to 32-bit words (as in the bitstream), and the size ratios.
+        as the bitstream stores them (a dense layer's rows each padded to 32-bit words; a
+        convolutional layer's ``C_out * C_in * k * k`` kernel bits as one vector, padded once
+        to a 32-bit word: ``export/FORMAT.md``, version 2), and the size ratios.
 
     """
     float_bytes = len(write_tflite(model, weights="float32"))
     int8_bytes = len(write_tflite(model, weights="int8"))
     count = sum(layer.weight.size for layer in model.layers)
-    bits = sum(4 * layer.shape[0] * math.ceil(layer.shape[1] / 32) for layer in model.layers)
+    bits = sum(
+        4 * math.ceil(layer.weight.size / 32)
+        if isinstance(layer, DeployConv)
+        else 4 * layer.shape[0] * math.ceil(layer.shape[1] / 32)
+        for layer in model.layers
+    )
     return {
         "tflite_float32_bytes": float_bytes,
         "tflite_int8_bytes": int8_bytes,
