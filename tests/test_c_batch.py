@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from lightning_bet.deploy.bitstream import write_bitstream
 from lightning_bet.deploy.c_batch import BATCH_CFLAGS, BatchRuntime
-from lightning_bet.deploy.c_runner import run_c
+from lightning_bet.deploy.c_runner import run_c, runtime_dir
 from lightning_bet.deploy.fold import deploy_forward
 from tests.deploy_models import random_deploy_model
 
@@ -82,3 +87,39 @@ def test_bad_input_messages():
         BatchRuntime(b"XXXX" + write_bitstream(model)[4:])
     with pytest.raises(TypeError, match="`bitstream` to be bytes"):
         BatchRuntime("model.bet")
+
+
+DRIVER = Path(__file__).resolve().parent / "c" / "batch_agree.c"
+#: (compiler, flags, runner prefix) per target; aarch64 runs NEON code under qemu-user
+TARGETS = {
+    "x86-64-native": ("cc", ("-O2", "-march=native"), ()),
+    "aarch64-neon": ("aarch64-linux-gnu-gcc", ("-O2", "-static"), ("qemu-aarch64",)),
+}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_batch_path_equals_bet_predict_on_other_targets(target, tmp_path):
+    cc, flags, runner = TARGETS[target]
+    missing = [tool for tool in (cc, *runner) if shutil.which(tool) is None]
+    if missing:
+        message = f"needs {' and '.join(missing)} (Debian: gcc-aarch64-linux-gnu, qemu-user)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)  # CI installs them: a skip there would hide the NEON path
+        pytest.skip(message)
+    source_dir = runtime_dir()
+    binary = tmp_path / "batch_agree"
+    command = [cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", *flags]
+    command += [f"-I{source_dir}", "-o", str(binary), str(DRIVER)]
+    command += [str(source_dir / "bet_runtime.c"), str(source_dir / "bet_batch.c")]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    for sizes, levels in [((784, 70, 65, 10), 255), ((130, 64, 128, 129, 7), 16), ((1, 5, 2), 3)]:
+        model, q, _ = _case(sizes, levels, seed=len(sizes))
+        (tmp_path / "model.bet").write_bytes(write_bitstream(model))
+        (tmp_path / "pixels.u8").write_bytes(q.tobytes())
+        for batch in (1, 4, 1000):
+            args = [*runner, str(binary), str(tmp_path / "model.bet"), str(tmp_path / "pixels.u8")]
+            result = subprocess.run([*args, str(batch)], check=True, capture_output=True, text=True)
+            samples, mismatches, simd = result.stdout.split()
+            assert (int(samples), int(mismatches)) == (len(q), 0), (sizes, batch, simd)
+            if target == "aarch64-neon":
+                assert simd == "neon"
