@@ -29,12 +29,12 @@ extern "C" {
 typedef struct bet_batch_layer {
     uint32_t in_features;      /* n */
     uint32_t out_features;     /* m */
-    uint32_t stride;           /* bytes (first layer) or 64-bit words (binary layers) per row */
+    uint32_t stride;           /* 4-pixel steps (first layer) or 64-bit words (binary layers) */
     uint8_t binary_input;      /* 0: uint8 pixels (int8 +-1 rows), 1: packed bits (u64 rows) */
-    const int8_t *weights_i8;  /* first layer: m rows of `stride` int8 in {-1, +1, 0 padding} */
-    const uint64_t *weights_u64; /* binary layers: m rows of `stride` words, bit 1 = -1 */
-    const int32_t *thresholds; /* hidden layers: T_j */
-    const uint8_t *negative;   /* hidden layers: 1 where d_j = -1 */
+    const int8_t *weights_i8;  /* first layer: [group][step][16 rows][4] int8 in {-1, +1, 0} */
+    const uint64_t *weights_u64; /* binary layers: [group][word][8 rows], bit 1 = -1 */
+    const int64_t *thresholds; /* hidden layers: T_j (padded to whole groups) */
+    const uint64_t *negative;  /* hidden layers: bit j set where d_j = -1 (one spare word) */
 } bet_batch_layer;
 
 /* A model prepared for batch inference. */

@@ -15,7 +15,7 @@ import ctypes
 import hashlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +147,47 @@ class BatchRuntime:
             size = self._lib.bet_batch_scratch_bytes(self._batch, count)
             self._scratch = ctypes.create_string_buffer(size)
             self._scratch_count = count
+
+    def bound(
+        self, q: np.ndarray, classes: np.ndarray, logits: np.ndarray | None
+    ) -> Callable[[], None]:
+        """A call of ``bet_predict_batch`` on fixed C-contiguous buffers, for timing loops.
+
+        Args:
+            q: uint8 ``(N, num_inputs)`` pixels.
+            classes: int32 ``(N,)`` output.
+            logits: int32 ``(N, num_classes)`` output, or ``None``.
+
+        Returns:
+            A function of no arguments that classifies ``q`` into the outputs; it holds the
+            buffers' addresses (computed once) and references (kept alive).
+
+        """
+        arrays = [q, classes] + ([] if logits is None else [logits])
+        dtypes = [np.uint8, np.int32, np.int32]
+        for array, dtype in zip(arrays, dtypes, strict=False):
+            if array.dtype != dtype or not array.flags.c_contiguous:
+                raise ValueError(
+                    f"Expected C-contiguous {np.dtype(dtype).name} buffers, but got "
+                    f"{array.dtype} (contiguous: {array.flags.c_contiguous})"
+                )
+        count = q.shape[0]
+        self._ensure_scratch(count)
+        function = self._lib.bet_predict_batch
+        args = (
+            self._batch,
+            q.ctypes.data,
+            count,
+            None if logits is None else logits.ctypes.data,
+            classes.ctypes.data,
+            self._scratch,
+        )
+
+        def call() -> None:
+            function(*args)
+
+        call.buffers = arrays  # type: ignore[attr-defined]  # the addresses stay valid
+        return call
 
     def predict_into(self, q: np.ndarray, classes: np.ndarray, logits: np.ndarray | None) -> None:
         """Classify a C-contiguous uint8 ``(N, num_inputs)`` batch into preallocated outputs.
