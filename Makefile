@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench reproduce clean
+.PHONY: install demo test lint bench peers reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/lightning-bet bench
+
+# The peers users compare against, in their own venv (never in the product's dependencies or CI):
+# Larq + Larq Compute Engine 0.16 on the TensorFlow they were built against, and PyTorchFI.
+# Then: .venv/bin/lightning-bet bench peers
+PEERS := .venv-peers
+peers: $(STAMP)
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet torch==2.13.0
+	$(PEERS)/bin/python -m pip install --quiet "tensorflow==2.16.2" "tf_keras==2.16.0" \
+		"larq==0.14.0" "larq-compute-engine==0.16.0" "pytorchfi==0.6.0" "numpy<2"
 
 reproduce: $(STAMP)
 	$(VENV)/bin/lightning-bet reproduce --dataset digits --out runs/reproduce_digits

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BENCHMARKS", "update_results"]
+__all__ = ["BENCHMARKS", "OPTIONAL_BENCHMARKS", "update_results"]
 
 #: name -> "module:function"; the function takes ``out_dir`` and returns its result dict.
 BENCHMARKS: dict[str, str] = {
@@ -21,6 +21,8 @@ BENCHMARKS: dict[str, str] = {
     "bitstream_size": "lightning_bet.bench.bitstream_size:run",
     "c_kernel": "lightning_bet.bench.c_kernel:run",
 }
+#: Benchmarks run only when named: they need the separate peers venv (``make peers``).
+OPTIONAL_BENCHMARKS: dict[str, str] = {"peers": "lightning_bet.bench.peers:run"}
 
 
 def update_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> Path:

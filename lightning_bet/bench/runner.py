@@ -9,7 +9,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
-from lightning_bet.bench import BENCHMARKS, update_results
+from lightning_bet.bench import BENCHMARKS, OPTIONAL_BENCHMARKS, update_results
 
 __all__ = ["HEADLINES", "headline_rows", "main", "run_benchmarks"]
 
@@ -32,6 +32,10 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("vs_information_bound", "bitstream payload / information bound", "<= 1.01"),
     ],
     "c_kernel": [("fraction_of_peak", "C kernel / popcount peak", ">= 0.50")],
+    "peers": [
+        ("lce_over_ours_c_min", "LCE time / our C runtime, worst of models and batches", ">= 1.0"),
+        ("sweep_speedup_vs_pytorchfi_layer", "our sweep / PyTorchFI layer injection", ">= 8"),
+    ],
 }
 
 
@@ -59,13 +63,14 @@ def headline_rows(name: str, result: dict[str, Any]) -> list[str]:
 
 
 def run_benchmarks(names: Sequence[str], out_dir: str) -> dict[str, Any]:
-    """Run the named benchmarks (all when empty), merge their results into ``out_dir``."""
-    unknown = [name for name in names if name not in BENCHMARKS]
+    """Run the named benchmarks (all default ones when empty), merge results into ``out_dir``."""
+    known = {**BENCHMARKS, **OPTIONAL_BENCHMARKS}
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(f"Expected benchmark names among {sorted(BENCHMARKS)}, but got {unknown}")
+        raise ValueError(f"Expected benchmark names among {sorted(known)}, but got {unknown}")
     results: dict[str, Any] = {}
     for name in names or list(BENCHMARKS):
-        module, _, function = BENCHMARKS[name].partition(":")
+        module, _, function = known[name].partition(":")
         result = getattr(importlib.import_module(module), function)(out_dir=out_dir)
         results[name] = result
         update_results(out_dir, {name: result})
@@ -75,7 +80,12 @@ def run_benchmarks(names: Sequence[str], out_dir: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse ``argv`` and run the benchmarks."""
     parser = ArgumentParser(prog="lightning-bet bench", description=__doc__)
-    parser.add_argument("names", nargs="*", default=[], help=f"any of {sorted(BENCHMARKS)}")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        default=[],
+        help=f"any of {sorted(BENCHMARKS)} (default: all), or {sorted(OPTIONAL_BENCHMARKS)}",
+    )
     parser.add_argument("--out", default="runs/bench", help="directory of results.json")
     args = parser.parse_args(list(argv) if argv is not None else None)
     results = run_benchmarks(args.names, args.out)
