@@ -64,10 +64,16 @@ def assert_conv_models_equal(a: DeployModel, b: DeployModel) -> None:
 
 
 def folded_conv_model(levels: int = 16, seed: int = 0, **geometry) -> DeployModel:
-    """``conv_net(**geometry)`` with random BatchNorm (negative gammas) folded to deploy mode."""
+    """``conv_net(**geometry)`` with random BatchNorm folded to deploy mode; in every block,
+    channel 0 has gamma < 0 and the last channel gamma > 0 (both directions, whatever the seed).
+    """
     torch.manual_seed(seed)
     net = conv_net(**geometry)
     randomize_batchnorm_(net, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for block in net.blocks:
+            block.bn.weight[0] = -block.bn.weight[0].abs()
+            block.bn.weight[-1] = block.bn.weight[-1].abs()
     return to_deploy(net, levels)
 
 
