@@ -360,3 +360,23 @@ def test_bitstream_size_benchmark_meets_targets_and_matches_the_format(tmp_path)
     assert result["vs_information_bound"] <= 1.01
     assert result["vs_float32_state_dict"] >= 30
     assert json.loads((tmp_path / "results.json").read_text())["bitstream_size"] == result
+    # CNN rows (format v2, FORMAT.md "Version 2 / Size"): one bit vector of kernels per conv
+    # layer, thresholds and direction words per output channel, 48-byte table entries
+    cnns = {
+        "digits_cnn": ([(32, 1), (64, 32)], [(10, 256)]),
+        "vgg3_fashion_mnist": ([(64, 1), (64, 64)], [(2048, 3136), (10, 2048)]),
+    }
+    for name, (convs, dense) in cnns.items():
+        row = result["cnn"][name]
+        payload = sum(4 * ((o * c * 9 + 31) // 32) + 4 * o + 4 * ((o + 31) // 32) for o, c in convs)
+        payload += sum(4 * m * ((n + 31) // 32) for m, n in dense)
+        payload += sum(4 * m + 4 * ((m + 31) // 32) for m, _ in dense[:-1])
+        layers = len(convs) + len(dense)
+        assert row["format_version"] == 2 and row["payload_bytes"] == payload
+        assert row["bytes"] == payload + 56 + 52 * layers  # 48-byte entry + section CRC
+        units = sum(o for o, _ in convs) + sum(m for m, _ in dense[:-1])
+        weights = sum(o * c * 9 for o, c in convs) + sum(m * n for m, n in dense)
+        assert row["information_bound_bytes"] == -(-(weights + 33 * units) // 8)
+        assert row["vs_information_bound"] <= 1.01
+        assert result[f"{name}_vs_information_bound"] == row["vs_information_bound"]
+    assert result["meets_targets"]
