@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from lightning_bet.deploy.bitstream import pack_model, pack_rows, parse_bitstream, write_bitstream
+from lightning_bet.deploy.bitstream import (
+    pack_model,
+    pack_rows,
+    parse_bitstream,
+    read_bitstream,
+    write_bitstream,
+)
 from lightning_bet.deploy.fold import deploy_forward, to_deploy
 from lightning_bet.deploy.interpreter import (
     _kernel_rows,
@@ -16,6 +26,7 @@ from lightning_bet.deploy.interpreter import (
 )
 from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
 from lightning_bet.models import build_model
+from tests.test_bitstream import assert_models_equal
 from tests.test_bitstream_v2 import GEOMETRIES, folded_conv_model
 from tests.test_deploy_fold import digits_test_pixels, randomize_batchnorm_
 
@@ -35,6 +46,61 @@ def test_interpreter_equals_deploy_mode_on_conv_geometries(name, levels):
     q = np.random.default_rng(levels).integers(0, levels + 1, (40, *model.input_shape))
     logits = run_bitstream(write_bitstream(model), q)
     assert np.array_equal(logits, deploy_forward(model, torch.from_numpy(q)).numpy())
+
+
+@st.composite
+def conv_models(draw) -> DeployModel:
+    """1-2 conv layers of any geometry (odd sizes, strides, padding, pools), dense layers."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    levels = draw(st.sampled_from([1, 3, 16, 255]))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    layers = []
+    for i in range(draw(st.integers(1, 2))):
+        k = draw(st.integers(1, 4))
+        stride, padding = draw(st.integers(1, 3)), draw(st.integers(0, k - 1))
+        height = (shape[1] + 2 * padding - k) // stride + 1
+        width = (shape[2] + 2 * padding - k) // stride + 1
+        assume(height >= 1 and width >= 1)
+        common = [d for d in range(1, 4) if height % d == 0 and width % d == 0]
+        out = draw(st.integers(1, 6))
+        bound = shape[0] * k * k * (levels if i == 0 else 1)
+        layers.append(
+            DeployConv(
+                weight=np.where(rng.random((out, shape[0], k, k)) < 0.5, -1, 1),
+                threshold=rng.integers(-bound // 3, bound // 3 + 1, out),
+                direction=np.where(rng.random(out) < 0.5, -1, 1),
+                in_shape=shape,
+                stride=stride,
+                padding=padding,
+                pool=draw(st.sampled_from(common)),
+                binary_input=i > 0,
+            )
+        )
+        shape = layers[-1].out_shape
+    features = math.prod(shape)
+    for width in draw(st.lists(st.integers(1, 40), max_size=1)):
+        layers.append(
+            DeployLayer(
+                np.where(rng.random((width, features)) < 0.5, -1, 1),
+                rng.integers(-features // 3, features // 3 + 1, width),
+                np.where(rng.random(width) < 0.5, -1, 1),
+                True,
+            )
+        )
+        features = width
+    output = np.where(rng.random((draw(st.integers(1, 5)), features)) < 0.5, -1, 1)
+    layers.append(DeployLayer(output, None, None, True))
+    return DeployModel(tuple(layers), levels, 0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(model=conv_models(), seed=st.integers(0, 2**32 - 1))
+def test_roundtrip_and_interpreter_property_on_random_conv_geometries(model, seed):
+    data = write_bitstream(model)
+    assert_models_equal(read_bitstream(data), model)
+    q = np.random.default_rng(seed).integers(0, model.input_levels + 1, (6, *model.input_shape))
+    expected = deploy_forward(model, torch.from_numpy(q)).numpy()
+    assert np.array_equal(run_bitstream(data, q), expected)
 
 
 def test_interpreter_equals_deploy_mode_on_digits_cnn_every_test_sample():

@@ -17,8 +17,6 @@ and pools the pre-activation.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from lightning_bet.deploy.bitstream import PackedLayer, PackedModel, pack_model, parse_bitstream
@@ -130,41 +128,44 @@ def _windows(maps: np.ndarray, layer: PackedLayer) -> np.ndarray:
 
 
 def _conv_preactivation(layer: PackedLayer, v: np.ndarray, planes: int) -> np.ndarray:
-    """Integer pre-activations ``(N, C_out, H_c, W_c)`` of a conv layer on the packed words."""
+    """Integer pre-activations ``(N, H_c, W_c, C_out)`` (channels last) of a conv layer."""
     maps = v.reshape(-1, *layer.in_shape)
     count = maps.shape[0]
+    _, height, width = layer.conv_shape
     kernels = _kernel_rows(layer)
     if layer.binary_input:
         x = _pack_bits(_windows((maps < 0).astype(np.uint8), layer))  # padding: bit 0
         valid = _windows(np.ones((1, *layer.in_shape), np.uint8), layer)  # (H_c W_c, F)
         # kernel bits over the padding: popcount(w AND NOT valid), per position and channel
         outside = _popcount_and(_pack_bits(1 - valid), kernels, xor=False)
-        differ = _popcount_and(x, kernels, xor=True).reshape(count, *outside.shape) - outside
+        differ = _popcount_and(x, kernels, xor=True).reshape(count, *outside.shape)
+        differ -= outside
         a = valid.sum(axis=1, dtype=np.int64)[:, None] - 2 * differ
-    else:
-        a = np.zeros((count * math.prod(layer.conv_shape[1:]), layer.out_channels), np.int64)
+    else:  # sum_b 2^b (popcount(q_b) - 2 popcount(q_b AND w)), padding pixels are 0
+        ones = np.zeros((count * height * width, 1), np.int64)
+        negative = np.zeros((count * height * width, layer.out_channels), np.int64)
         for b in range(planes):
-            x = _pack_bits(_windows(((maps >> b) & 1).astype(np.uint8), layer))  # padding: 0
-            ones = popcount(x).sum(axis=-1)[:, None]
-            a += (ones - 2 * _popcount_and(x, kernels, xor=False)) << b
-    channels, height, width = layer.conv_shape
-    return (
-        a.reshape(count, height * width, channels)
-        .transpose(0, 2, 1)
-        .reshape(count, channels, height, width)
-    )
+            x = _pack_bits(_windows(((maps >> b) & 1).astype(np.uint8), layer))
+            ones += popcount(x).sum(axis=-1)[:, None] << b
+            counts = _popcount_and(x, kernels, xor=False)
+            counts <<= b
+            negative += counts
+        a = ones - 2 * negative
+    return a.reshape(count, height, width, layer.out_channels)
 
 
 def _conv_layer(layer: PackedLayer, v: np.ndarray, planes: int) -> np.ndarray:
     """``(N, C_in H W)`` -> ``(N, C_out H_out W_out)`` signs: threshold bits, then OR / AND pool."""
     a = _conv_preactivation(layer, v, planes)
-    d = _direction_signs(layer)[:, None, None]
-    bits = d * (a - layer.threshold.astype(np.int64)[:, None, None]) >= 0
+    positive = _direction_signs(layer) > 0
+    threshold = layer.threshold.astype(np.int64)
+    bits = np.where(positive, a >= threshold, a <= threshold)  # d (a - T) >= 0
     channels, height, width = layer.out_shape
     pool = layer.pool
-    windows = bits.reshape(len(a), channels, height, pool, width, pool)
-    pooled = np.where(d > 0, windows.any(axis=(3, 5)), windows.all(axis=(3, 5)))
-    return np.where(pooled, 1, -1).astype(np.int64).reshape(len(a), -1)
+    windows = bits.reshape(len(a), height, pool, width, pool, channels)
+    pooled = np.where(positive, windows.any(axis=(2, 4)), windows.all(axis=(2, 4)))
+    signs = np.where(pooled, 1, -1).transpose(0, 3, 1, 2)  # (N, C_out, H_out, W_out)
+    return signs.reshape(len(a), -1).astype(np.int64)
 
 
 def _as_packed(model_or_bytes: PackedModel | DeployModel | bytes | bytearray) -> PackedModel:
