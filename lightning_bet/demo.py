@@ -57,7 +57,7 @@ def main(out: str = "runs/demo") -> dict[str, Any]:
     Steps: train the plain digits FCNN; train it again with straight-through flip training at
     ``p = 0.05``; measure ``val/bet`` and a small fault-injection sweep of both; export the
     flip-trained model (bitstream, C, TFLite), check every backend against deploy mode and
-    emulate RRAM faults on the bitstream.
+    emulate RRAM faults on the bitstream; train the digits CNN and export it the same way.
     """
     from lightning_bet.deploy.cli import export_demo
     from lightning_bet.sweep import demo_measure
@@ -66,7 +66,7 @@ def main(out: str = "runs/demo") -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     # The demo networks are small: one thread avoids oversubscribing a busy 2-core machine.
     torch.set_num_threads(1)
-    steps = tqdm(total=5, desc="demo", unit="step")
+    steps = tqdm(total=7, desc="demo", unit="step")
     start = time.perf_counter()
 
     steps.set_postfix_str("train plain")
@@ -84,6 +84,12 @@ def main(out: str = "runs/demo") -> dict[str, Any]:
     steps.set_postfix_str("export flip-trained model")
     exported = export_demo(flip["ckpt"], flip["config"], out_dir / "export")
     steps.update()
+    steps.set_postfix_str("train digits CNN")
+    cnn = train_recipe(RECIPES / "digits_cnn.yaml", out_dir / "cnn")
+    steps.update()
+    steps.set_postfix_str("export digits CNN")
+    exported_cnn = export_demo(cnn["ckpt"], cnn["config"], out_dir / "export_cnn")
+    steps.update()
     steps.close()
 
     summary: dict[str, Any] = {
@@ -94,7 +100,16 @@ def main(out: str = "runs/demo") -> dict[str, Any]:
         "sweep": measured_plain["sweep"],
         "flip_sweep": measured_flip["sweep"],
         "export": exported,
-        "fit_seconds": {"plain": plain["fit_seconds"], "flip": flip["fit_seconds"]},
+        "cnn_test_accuracy": cnn["test_accuracy"],
+        "export_cnn": {
+            key: exported_cnn[key]
+            for key in ("bitstream_bytes", "agree_numpy", "agree_c", "agree_tflite")
+        },
+        "fit_seconds": {
+            "plain": plain["fit_seconds"],
+            "flip": flip["fit_seconds"],
+            "cnn": cnn["fit_seconds"],
+        },
         "total_seconds": round(time.perf_counter() - start, 1),
     }
     path = out_dir / "summary.json"
@@ -130,6 +145,12 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     print(
         f"  emulated RRAM faults      p={emulated['p']}: accuracy {emulated['mean']:.4f} "
         f"± {emulated['std']:.4f}"
+    )
+    cnn = summary["export_cnn"]
+    print(
+        f"  digits CNN C32-MP-C64-MP-FC10: test accuracy {summary['cnn_test_accuracy']:.4f}; "
+        f"export {cnn['bitstream_bytes']} bytes; agreement numpy {cnn['agree_numpy']}, "
+        f"C {cnn['agree_c']}, TFLite {cnn['agree_tflite']}"
     )
     print(f"  plots: {out_dir}/plain/sweep.png, {out_dir}/flip/sweep.png")
 

@@ -9,6 +9,7 @@ import torch
 
 from lightning_bet.data.digits import load_digits_splits
 from lightning_bet.demo import train_recipe
+from lightning_bet.deploy.cli import export_demo
 from lightning_bet.deploy.fold import deploy_forward, to_deploy
 from lightning_bet.models import BNN
 
@@ -36,3 +37,8 @@ def test_digits_cnn_recipe_fits_fast_and_deploy_mode_agrees(tmp_path):
         float_predictions = net(q.float() / 16).argmax(1)
     predictions = deploy_forward(deployed, q).argmax(1)
     assert torch.equal(predictions, float_predictions)  # every one of the 360 test samples
+    # what `make demo` reports for it: every backend equals deploy mode on every test sample
+    exported = export_demo(run["ckpt"], run["config"], tmp_path / "export", realizations=2)
+    print(f"digits CNN export: {exported}")
+    assert exported["bitstream_bytes"] == (tmp_path / "export" / "model.bet").stat().st_size
+    assert (exported["agree_numpy"], exported["agree_c"], exported["agree_tflite"]) == (1, 1, 1)
