@@ -355,6 +355,46 @@ def test_validation_sees_clean_weights_and_rate_is_logged():
     assert cb.micro_step == 8
 
 
+def test_requested_rate_and_flipped_bits_are_logged_every_step(tmp_path):
+    """flip/p follows the schedule; flip/flipped_bits is the size of each step's fault map."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    drawn: list[tuple[float, int, float]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            flips = sum(index.numel() for index in cb.last_indices)
+            drawn.append((cb.last_p, flips, cb.last_rate))
+
+    cb = BitFlipTraining(p=lambda epoch: 0.1 if epoch == 0 else 0.3, seed=2)
+    logger = CSVLogger(tmp_path, name="", version="")
+    t = trainer(max_epochs=2, logger=logger, log_every_n_steps=1, callbacks=[cb, Record()])
+    t.fit(small_model(), loader())
+    assert [p for p, _, _ in drawn] == [0.1] * 4 + [0.3] * 4
+    assert cb.last_flips == drawn[-1][1] > 0
+    rows = [line.split(",") for line in (tmp_path / "metrics.csv").read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    step = [r for r in rows if r[header.index("flip/flipped_bits_step")]]
+    logged = [
+        (
+            float(r[header.index("flip/p_step")]),
+            int(float(r[header.index("flip/flipped_bits_step")])),
+            float(r[header.index("flip/rate_step")]),
+        )
+        for r in step
+    ]
+    assert [n for _, n, _ in logged] == [n for _, n, _ in drawn]
+    np.testing.assert_allclose(np.array(logged)[:, [0, 2]], np.array(drawn)[:, [0, 2]], rtol=1e-6)
+    epoch_means = [
+        float(r[header.index("flip/flipped_bits_epoch")])
+        for r in rows
+        if r[header.index("flip/flipped_bits_epoch")]
+    ]
+    np.testing.assert_allclose(
+        epoch_means, [np.mean([n for _, n, _ in drawn[:4]]), np.mean([n for _, n, _ in drawn[4:]])]
+    )
+
+
 def test_gradient_accumulation_matches_reference():
     data = loader(16, batch_size=4, seed=2)
     model = small_model(1)

@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
@@ -93,7 +94,11 @@ class BitFlipTraining(Callback):
         seed: seed of the fault maps. Micro-batch ``k`` on rank ``r`` uses
             ``make_generator(seed, "bitflip", r, k)`` (a CPU generator, so maps do not depend on
             the device), which makes the maps reproducible and resumable.
-        log_rate: log the realized flip rate ``flip/rate`` (and the requested ``flip/p``).
+        log_rate: log, every training step and as epoch means, the requested rate ``flip/p``,
+            the realized flip rate ``flip/rate`` and the number of flipped bits
+            ``flip/flipped_bits`` (all selected layers together). They are logged as CPU
+            scalars, known on the host when the map is drawn: no copy to or wait for the
+            accelerator.
         prefetch: for symmetric fault models, draw the next micro-batch's fault map in a
             background thread while the current forward and backward run (the maps are the same
             as without; a map drawn for another step, rank or fault model is discarded).
@@ -171,7 +176,10 @@ class BitFlipTraining(Callback):
         self._targets: list[tuple[str, BinaryLinear | BinaryConv2d]] = []
         self._flipped: list[BinaryLinear | BinaryConv2d] = []
         self.last_indices: list[Tensor] = []
+        #: the requested rate, realized flip rate and flipped bits of the last :meth:`flip`.
+        self.last_p = 0.0
         self.last_rate = 0.0
+        self.last_flips = 0
         #: draw the next symmetric fault map in a background thread (None: on accelerators).
         self.prefetch = prefetch
         self._executor: ThreadPoolExecutor | None = None
@@ -295,6 +303,8 @@ class BitFlipTraining(Callback):
         except BaseException:
             self.restore()
             raise
+        self.last_p = self.rate(epoch)
+        self.last_flips = flips
         self.last_rate = flips / bits if bits else 0.0
         return self.last_rate
 
@@ -371,7 +381,19 @@ class BitFlipTraining(Callback):
     ) -> None:
         rate = self.flip(trainer.current_epoch, trainer.global_rank)
         if self.log_rate:
-            pl_module.log("flip/rate", rate, on_step=True, on_epoch=True, batch_size=1)
+            # CPU tensors: Lightning keeps their sums on the CPU (a Python number would be
+            # copied to the module's device at every step)
+            values = {
+                "flip/p": self.last_p,
+                "flip/rate": rate,
+                "flip/flipped_bits": self.last_flips,
+            }
+            pl_module.log_dict(
+                {name: torch.tensor(float(value)) for name, value in values.items()},
+                on_step=True,
+                on_epoch=True,
+                batch_size=1,
+            )
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self.restore()
