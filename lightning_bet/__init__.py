@@ -41,9 +41,9 @@ _EXPORTS: dict[str, str] = {
     "BitErrorTolerance": "lightning_bet.metrics",
     "BetLogging": "lightning_bet.callbacks.bet_logging",
     "SweepCallback": "lightning_bet.callbacks.sweep",
-    "SweepResult": "lightning_bet.sweep",
-    "sweep": "lightning_bet.sweep",
-    "bet_area": "lightning_bet.sweep",
+    "SweepResult": "lightning_bet.sweeps",
+    "sweep": "lightning_bet.sweeps",
+    "bet_area": "lightning_bet.sweeps",
     # edge export
     "DeployModel": "lightning_bet.deploy.model",
     "DeployLayer": "lightning_bet.deploy.model",

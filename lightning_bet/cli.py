@@ -25,7 +25,7 @@ __all__ = ["COMMANDS", "BetCLI", "load_checkpoint", "main", "make_cli", "make_cl
 COMMANDS: dict[str, str] = {
     "bench": "lightning_bet.bench.runner:main",
     "demo": "lightning_bet.demo:cli_main",
-    "sweep": "lightning_bet.sweep:cli_main",
+    "sweep": "lightning_bet.sweeps:cli_main",
     "validity": "lightning_bet.validity:cli_main",
     "export": "lightning_bet.deploy.cli:export_main",
     "emulate": "lightning_bet.deploy.cli:emulate_main",

@@ -71,7 +71,7 @@ def main(out: str = "runs/demo", max_epochs: int | None = None) -> dict[str, Any
         ValueError: if ``max_epochs`` is not a positive int.
     """
     from lightning_bet.deploy.cli import export_demo
-    from lightning_bet.sweep import demo_measure
+    from lightning_bet.sweeps import demo_measure
 
     overrides = () if max_epochs is None else ("--trainer.max_epochs", str(max_epochs))
     if max_epochs is not None:

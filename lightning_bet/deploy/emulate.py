@@ -7,7 +7,7 @@ table, which is the order of ``binary_layers(net)`` for a fully connected BNN) a
     ``sample_fault_indices(W_l, fault_model, make_generator(seed, key, r, l))``
 
 over the *logical* row-major ``(out, in)`` signs ``W_l``, with ``key`` the error rate ``p`` (or a
-name), exactly as the PyTorch sweep (``lightning_bet.sweep``) keys them: pass ``key=p`` (the grid
+name), exactly as the PyTorch sweep (``lightning_bet.sweeps``) keys them: pass ``key=p`` (the grid
 value) to reproduce a sweep's maps for asymmetric or stuck-at fault models, whose default key is
 a name. Logical index ``k`` maps to row ``k // in``,
 column ``c = k % in``, i.e. bit ``c % 32`` of word ``c // 32`` of that row, so padding bits are
