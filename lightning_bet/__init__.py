@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "MNISTDataModule": "lightning_bet.data.idx",
     "FashionMNISTDataModule": "lightning_bet.data.idx",
     "CIFAR10DataModule": "lightning_bet.data.cifar",
+    "ArrayDataModule": "lightning_bet.data.arrays",
+    "IdxFilesDataModule": "lightning_bet.data.idx",
     # faults and training for bit error tolerance
     "FaultModel": "lightning_bet.functional.faults",
     "sample_fault_indices": "lightning_bet.functional.faults",
