@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "MNISTDataModule": "lightning_bet.data.idx",
     "FashionMNISTDataModule": "lightning_bet.data.idx",
     "CIFAR10DataModule": "lightning_bet.data.cifar",
+    "ArrayDataModule": "lightning_bet.data.arrays",
+    "IdxFilesDataModule": "lightning_bet.data.idx",
     # faults and training for bit error tolerance
     "FaultModel": "lightning_bet.functional.faults",
     "sample_fault_indices": "lightning_bet.functional.faults",
@@ -41,9 +43,9 @@ _EXPORTS: dict[str, str] = {
     "BitErrorTolerance": "lightning_bet.metrics",
     "BetLogging": "lightning_bet.callbacks.bet_logging",
     "SweepCallback": "lightning_bet.callbacks.sweep",
-    "SweepResult": "lightning_bet.sweep",
-    "sweep": "lightning_bet.sweep",
-    "bet_area": "lightning_bet.sweep",
+    "SweepResult": "lightning_bet.sweeps",
+    "sweep": "lightning_bet.sweeps",
+    "bet_area": "lightning_bet.sweeps",
     # edge export
     "DeployModel": "lightning_bet.deploy.model",
     "DeployLayer": "lightning_bet.deploy.model",

@@ -6,9 +6,21 @@ the predicates serve callers whose message needs more context (a schedule's epoc
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
-__all__ = ["check_positive_int", "check_probability", "is_positive_int", "is_probability"]
+__all__ = [
+    "check_positive_int",
+    "check_probability",
+    "is_int",
+    "is_positive_int",
+    "is_probability",
+]
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (a Python or numpy int, never a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_probability(value: Any) -> bool:

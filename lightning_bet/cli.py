@@ -24,7 +24,8 @@ __all__ = ["COMMANDS", "BetCLI", "load_checkpoint", "main", "make_cli", "make_cl
 #: subcommand -> "module:function"; the function takes the remaining ``argv``.
 COMMANDS: dict[str, str] = {
     "bench": "lightning_bet.bench.runner:main",
-    "sweep": "lightning_bet.sweep:cli_main",
+    "demo": "lightning_bet.demo:cli_main",
+    "sweep": "lightning_bet.sweeps:cli_main",
     "validity": "lightning_bet.validity:cli_main",
     "export": "lightning_bet.deploy.cli:export_main",
     "emulate": "lightning_bet.deploy.cli:emulate_main",

@@ -1,24 +1,28 @@
 """``make demo``: train, measure and export on the embedded digits data.
 
 Writes ``runs/demo/summary.json`` and prints a short summary. Every step uses the public
-recipes and commands a user would use.
+recipes and commands a user would use; the recipes are the ones shipped with the package, so
+the demo runs from any folder: ``python -m lightning_bet.demo`` or ``lightning-bet demo``
+(``--out DIR``, ``--max-epochs N`` for a quick run).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from lightning_bet._validation import check_positive_int
 from lightning_bet.cli import make_cli
+from lightning_bet.resources import recipe_path
 
-__all__ = ["main", "train_recipe"]
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+__all__ = ["cli_main", "main", "train_recipe"]
 
 
 def train_recipe(recipe: str | Path, out_dir: Path, *overrides: str) -> dict[str, Any]:
@@ -51,17 +55,27 @@ def train_recipe(recipe: str | Path, out_dir: Path, *overrides: str) -> dict[str
     }
 
 
-def main(out: str = "runs/demo") -> dict[str, Any]:
+def main(out: str = "runs/demo", max_epochs: int | None = None) -> dict[str, Any]:
     """Run the demo and write ``<out>/summary.json``.
 
     Steps: train the plain digits FCNN; train it again with straight-through flip training at
     ``p = 0.05``; measure ``val/bet`` and a small fault-injection sweep of both; export the
     flip-trained model (bitstream, C, TFLite), check every backend against deploy mode and
     emulate RRAM faults on the bitstream; train the digits CNN and export it the same way.
+
+    Args:
+        out: output folder.
+        max_epochs: training epochs of every model (default: each recipe's own).
+
+    Raises:
+        ValueError: if ``max_epochs`` is not a positive int.
     """
     from lightning_bet.deploy.cli import export_demo
-    from lightning_bet.sweep import demo_measure
+    from lightning_bet.sweeps import demo_measure
 
+    overrides = () if max_epochs is None else ("--trainer.max_epochs", str(max_epochs))
+    if max_epochs is not None:
+        check_positive_int("max_epochs", max_epochs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The demo networks are small: one thread avoids oversubscribing a busy 2-core machine.
@@ -70,10 +84,10 @@ def main(out: str = "runs/demo") -> dict[str, Any]:
     start = time.perf_counter()
 
     steps.set_postfix_str("train plain")
-    plain = train_recipe(RECIPES / "digits_fcnn.yaml", out_dir / "plain")
+    plain = train_recipe(recipe_path("digits_fcnn"), out_dir / "plain", *overrides)
     steps.update()
     steps.set_postfix_str("train flip (straight-through, p=0.05)")
-    flip = train_recipe(RECIPES / "digits_fcnn_flip_st.yaml", out_dir / "flip")
+    flip = train_recipe(recipe_path("digits_fcnn_flip_st"), out_dir / "flip", *overrides)
     steps.update()
     steps.set_postfix_str("measure plain")
     measured_plain = demo_measure(plain["cli"].model, plain["cli"].datamodule, out_dir / "plain")
@@ -85,7 +99,7 @@ def main(out: str = "runs/demo") -> dict[str, Any]:
     exported = export_demo(flip["ckpt"], flip["config"], out_dir / "export")
     steps.update()
     steps.set_postfix_str("train digits CNN")
-    cnn = train_recipe(RECIPES / "digits_cnn.yaml", out_dir / "cnn")
+    cnn = train_recipe(recipe_path("digits_cnn"), out_dir / "cnn", *overrides)
     steps.update()
     steps.set_postfix_str("export digits CNN")
     exported_cnn = export_demo(cnn["ckpt"], cnn["config"], out_dir / "export_cnn")
@@ -155,5 +169,19 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     print(f"  plots: {out_dir}/plain/sweep.png, {out_dir}/flip/sweep.png")
 
 
+def cli_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``lightning-bet demo [--out DIR] [--max-epochs N]`` (or ``python -m lightning_bet.demo``)."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-bet demo",
+        description="Train, measure and export two digits FCNNs with the shipped recipes.",
+    )
+    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument(
+        "--max-epochs", type=int, default=None, help="training epochs (default: the recipes')"
+    )
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    return main(args.out, args.max_epochs)
+
+
 if __name__ == "__main__":
-    main()
+    cli_main()

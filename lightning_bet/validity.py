@@ -174,7 +174,7 @@ def _run(
     from tqdm.auto import tqdm
 
     from lightning_bet.metrics import BitErrorTolerance
-    from lightning_bet.sweep import DEFAULT_ERROR_RATES, sweep
+    from lightning_bet.sweeps import DEFAULT_ERROR_RATES, sweep
 
     start = time.perf_counter()
     models = []

@@ -349,10 +349,43 @@ def test_validation_sees_clean_weights_and_rate_is_logged():
     assert len(probe.in_validation) >= 4
     for during, before in probe.in_validation:
         assert_same_bits(during, before)
-    rate = float(t.callback_metrics["flip/rate"])
+    rate = float(t.callback_metrics["flip/rate_epoch"])
     bits_per_epoch = 4 * sum(p.numel() for n, p in model.named_parameters() if "layer" in n)
     assert abs(rate - 0.25) < 4 * math.sqrt(0.25 * 0.75 / bits_per_epoch)
     assert cb.micro_step == 8
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_requested_rate_and_flipped_bits_are_logged_at_the_loggers_steps(tmp_path, every):
+    """flip/p follows the schedule; flip/flipped_bits is the size of a step's fault map; the
+    step values are written at the logger's steps, the epoch means at the end of each epoch."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    drawn: list[tuple[float, float, int]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            flips = sum(index.numel() for index in cb.last_indices)
+            drawn.append((cb.last_p, cb.last_rate, flips))
+
+    cb = BitFlipTraining(p=lambda epoch: 0.1 if epoch == 0 else 0.3, seed=2)
+    logger = CSVLogger(tmp_path, name="", version="")
+    t = trainer(max_epochs=2, logger=logger, log_every_n_steps=every, callbacks=[cb, Record()])
+    t.fit(small_model(), loader())
+    assert [p for p, _, _ in drawn] == [0.1] * 4 + [0.3] * 4
+    assert cb.last_flips == drawn[-1][2] > 0
+    lines = [line.split(",") for line in (tmp_path / "metrics.csv").read_text().splitlines()]
+    header, rows = lines[0], lines[1:]
+    names = ("flip/p", "flip/rate", "flip/flipped_bits")
+
+    def logged(when: str) -> np.ndarray:
+        columns = [header.index(f"{name}_{when}") for name in names]
+        return np.array([[float(r[c]) for c in columns] for r in rows if r[columns[0]]])
+
+    step_rows = [k for k in range(8) if (k + 1) % every == 0]
+    np.testing.assert_allclose(logged("step"), np.array(drawn)[step_rows], rtol=1e-6)
+    epochs = [np.mean(drawn[:4], axis=0), np.mean(drawn[4:], axis=0)]
+    np.testing.assert_allclose(logged("epoch"), np.array(epochs), rtol=1e-6)
 
 
 def test_gradient_accumulation_matches_reference():

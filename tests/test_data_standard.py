@@ -6,6 +6,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,7 @@ from lightning_bet.data._files import (
 )
 from lightning_bet.data.cifar import CIFAR10DataModule
 from lightning_bet.data.idx import FashionMNISTDataModule, MNISTDataModule, read_idx
+from lightning_bet.module import BNNClassifier
 from tests.datafiles import (
     CIFAR_BATCH,
     CIFAR_TEST,
@@ -233,6 +235,41 @@ def test_setup_without_files_raises_not_found(tmp_path):
     module = MNISTDataModule(data_dir=tmp_path, download=True)
     with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.gz"):
         module.setup("test")
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_the_test_files_alone_are_enough_to_test(tmp_path, idx_files, download):
+    test_files = {n: d for n, (_, d) in idx_files.items() if n.startswith("t10k")}
+    write_files(tmp_path / "FashionMNIST" / "raw", test_files)
+    module = FashionMNISTDataModule(data_dir=tmp_path, download=download)
+    module.prepare_data()  # offline: the training files cannot be had, the test files can
+    torch.manual_seed(0)
+    model = BNNClassifier(input_shape=(1, 28, 28), hidden=(8,))
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    (metrics,) = trainer.test(model, module, verbose=False)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and len(module.test_dataset) == N_TEST
+    assert module.train_dataset is None
+    with pytest.raises(
+        DatasetFilesNotFoundError, match=r"Missing dataset file\(s\): train-"
+    ) as info:
+        module.setup("fit")
+    assert info.value.missing == ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+    if download:  # why the download failed travels with the error
+        assert "network disabled in tests" in str(info.value.__cause__)
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path):
+    module = FashionMNISTDataModule(data_dir=tmp_path / "data", download=True)
+    with pytest.raises(DatasetFilesNotFoundError, match="Downloading failed"):
+        module.prepare_data()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DatasetFilesNotFoundError, match="Downloading failed"):
+        module.prepare_data()
+    assert list(tmp_path.iterdir()) == [tmp_path / "data"]  # a folder it did not create stays
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from lightning_bet.layers import BinaryConv2d, BinaryLinear, binary_layers
 from lightning_bet.metrics import BitErrorTolerance
 from lightning_bet.models import build_model
 from lightning_bet.module import BNNClassifier
-from lightning_bet.sweep import fault_family, sweep
+from lightning_bet.sweeps import fault_family, sweep
 from tests.test_bitflip import boundary_weights, small_model, trainer
 from tests.test_losses import logits_and_targets
 from tests.test_margin_regularization import integer_preacts, random_bn, reference_r

@@ -146,7 +146,7 @@ def test_emulate_rejects_bad_arguments():
 @pytest.mark.parametrize("asymmetric", [False, True], ids=["symmetric", "asymmetric"])
 def test_emulated_accuracy_equals_the_pytorch_sweep(asymmetric):
     """Same seed, same key scheme (p, realization, layer): the sweep's accuracies, exactly."""
-    sweep_module = pytest.importorskip("lightning_bet.sweep")
+    sweep_module = pytest.importorskip("lightning_bet.sweeps")
     net, data = _digits_bitstream()
     x, q, y = digits_test_pixels()
     rates, realizations, seed = [0.01, 0.05], 3, 7

@@ -14,7 +14,7 @@ from lightning_bet.deploy.fold import to_deploy
 from lightning_bet.deploy.interpreter import predict_bitstream
 from lightning_bet.functional.faults import FaultModel
 from lightning_bet.layers import binary_layers
-from lightning_bet.sweep import fault_maps, naive_accuracy, sweep
+from lightning_bet.sweeps import fault_maps, naive_accuracy, sweep
 from tests.test_bitstream_v2 import GEOMETRIES
 from tests.test_deploy_conv import conv_net
 from tests.test_deploy_fold import digits_test_pixels, randomize_batchnorm_

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from lightning_bet.callbacks.bet_logging import BetLogging
 from lightning_bet.cli import main, make_cli
 from tests.datafiles import cifar_batches, cifar_tarball, idx_dataset, use_md5s, write_files
 
@@ -43,6 +44,12 @@ def test_every_recipe_value_has_a_why_comment():
             stripped = line.strip()
             if stripped and not stripped.startswith("#") and not stripped.endswith(":"):
                 assert "#" in line, f"{name}: {line!r} has no comment"
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES)
+def test_every_recipe_logs_val_bet(recipe):
+    cli = make_cli(["--config", str(RECIPES / recipe)], run=False)
+    assert any(isinstance(callback, BetLogging) for callback in cli.trainer.callbacks), recipe
 
 
 @pytest.mark.parametrize("recipe", ALL_RECIPES)

@@ -86,12 +86,16 @@ def test_digits_recipe_trains_a_few_steps(kind, tmp_path):
     metrics = cli.trainer.callback_metrics
     assert math.isfinite(float(metrics["train/loss"]))
     assert "val/acc" in metrics
+    assert 0.0 <= float(metrics["val/bet"]) <= 1.0  # BetLogging is on in every recipe
     found = ours(cli.trainer.callbacks, kind)
     if kind.startswith("flip"):
         (callback,) = found
         assert callback.micro_step == 4 and not callback.is_flipped
         bits = sum(p.numel() for n, p in cli.model.named_parameters() if "layer" in n)
-        assert abs(float(metrics["flip/rate"]) - 0.05) < 4 * math.sqrt(0.05 * 0.95 / (4 * bits))
+        rate = float(metrics["flip/rate_epoch"])
+        assert abs(rate - 0.05) < 4 * math.sqrt(0.05 * 0.95 / (4 * bits))
+        assert float(metrics["flip/p_epoch"]) == pytest.approx(0.05)
+        assert float(metrics["flip/flipped_bits_epoch"]) == pytest.approx(rate * bits)
         checkpoint = next(Path(tmp_path).rglob("*.ckpt"))
         state = torch.load(checkpoint, weights_only=False)["state_dict"]
         live = cli.model.state_dict()

@@ -9,7 +9,7 @@ from torch import nn
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
 from lightning_bet.layers import binary_layers
 from lightning_bet.models import build_model
-from lightning_bet.sweep import (
+from lightning_bet.sweeps import (
     DEFAULT_ERROR_RATES,
     _flipped_copy,
     bet_area,
@@ -182,7 +182,7 @@ def test_fault_family_and_flip_semantics():
     layers = [layer for _, layer in binary_layers(net)]
     with torch.no_grad():
         layers[0].weight[0, 0] = 0.0
-    from lightning_bet.sweep import _flipped_copy
+    from lightning_bet.sweeps import _flipped_copy
 
     flipped = _flipped_copy(net, [torch.tensor([0])] + [torch.empty(0, dtype=torch.long)])
     assert float(next(binary_layers(flipped))[1].weight[0, 0]) == -1.0
@@ -198,7 +198,7 @@ def test_bet_area_and_outputs(tmp_path):
     result = sweep(net, (x, y), rates, realizations=3)
     assert result.area == pytest.approx(_trapezoid(result.accuracy.mean(1), rates) / 0.1)
     assert result.std.shape == (4,) and (result.std >= 0).all()
-    from lightning_bet.sweep import write_outputs
+    from lightning_bet.sweeps import write_outputs
 
     files = write_outputs(result, tmp_path)
     assert (tmp_path / "sweep.png").stat().st_size > 1000
@@ -296,7 +296,7 @@ def test_cli_writes_outputs(tmp_path, capsys):
 
 
 def test_fault_family_names():
-    from lightning_bet.sweep import fault_family
+    from lightning_bet.sweeps import fault_family
 
     assert fault_family("symmetric")(0.1) == FaultModel(p=0.1)
     assert fault_family("asymmetric:0.5")(0.1) == FaultModel(p01=0.1, p10=0.05)
@@ -319,7 +319,7 @@ def test_demo_measure(tmp_path):
     from lightning_bet.data.digits import DigitsDataModule
     from lightning_bet.metrics import BitErrorTolerance
     from lightning_bet.module import BNNClassifier
-    from lightning_bet.sweep import demo_measure
+    from lightning_bet.sweeps import demo_measure
 
     torch.manual_seed(0)
     module = BNNClassifier(hidden=(32, 32)).eval()

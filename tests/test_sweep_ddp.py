@@ -5,7 +5,7 @@ import json
 import numpy as np
 import torch
 
-from lightning_bet.sweep import sweep
+from lightning_bet.sweeps import sweep
 
 GRID = (0.0, 0.02, 0.1)
 

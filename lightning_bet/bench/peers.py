@@ -241,7 +241,7 @@ def _float_weights(net: torch.nn.Module, path: Path) -> None:
 
 
 def _sweeps(worker: PeersWorker, samples: int, maps: int, quick: bool) -> dict[str, Any]:
-    from lightning_bet.sweep import sweep
+    from lightning_bet.sweeps import sweep
 
     shape, hidden, levels = SWEEP_MODEL
     net = _random_net(shape, hidden)

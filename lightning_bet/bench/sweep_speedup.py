@@ -72,7 +72,7 @@ def run(
     from lightning_bet.functional.fast_forward import FastDenseEvaluator
     from lightning_bet.functional.faults import FaultModel
     from lightning_bet.layers import binary_layers
-    from lightning_bet.sweep import _flipped_copy, fault_maps
+    from lightning_bet.sweeps import _flipped_copy, fault_maps
 
     net = _model(hidden, seed)
     g = torch.Generator().manual_seed(seed + 1)

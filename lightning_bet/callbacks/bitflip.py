@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
@@ -93,7 +94,13 @@ class BitFlipTraining(Callback):
         seed: seed of the fault maps. Micro-batch ``k`` on rank ``r`` uses
             ``make_generator(seed, "bitflip", r, k)`` (a CPU generator, so maps do not depend on
             the device), which makes the maps reproducible and resumable.
-        log_rate: log the realized flip rate ``flip/rate`` (and the requested ``flip/p``).
+        log_rate: log the requested rate ``flip/p``, the realized flip rate ``flip/rate`` and
+            the number of flipped bits ``flip/flipped_bits`` (all selected layers together) of
+            a training step as ``*_step`` (at the logger's steps, every
+            ``trainer.log_every_n_steps`` optimizer steps) and their means over the epoch as
+            ``*_epoch``. The values are known on the host when a map is drawn; they are summed
+            in Python and handed to Lightning as CPU scalars only when written, so a step pays
+            neither a ``self.log`` call nor a copy to or a wait for the accelerator.
         prefetch: for symmetric fault models, draw the next micro-batch's fault map in a
             background thread while the current forward and backward run (the maps are the same
             as without; a map drawn for another step, rank or fault model is discarded).
@@ -171,7 +178,13 @@ class BitFlipTraining(Callback):
         self._targets: list[tuple[str, BinaryLinear | BinaryConv2d]] = []
         self._flipped: list[BinaryLinear | BinaryConv2d] = []
         self.last_indices: list[Tensor] = []
+        #: the requested rate, realized flip rate and flipped bits of the last :meth:`flip`.
+        self.last_p = 0.0
         self.last_rate = 0.0
+        self.last_flips = 0
+        #: sums of (p, rate, flipped bits) and the number of micro-batches this epoch
+        self._epoch_sums = [0.0, 0.0, 0]
+        self._epoch_steps = 0
         #: draw the next symmetric fault map in a background thread (None: on accelerators).
         self.prefetch = prefetch
         self._executor: ThreadPoolExecutor | None = None
@@ -295,6 +308,8 @@ class BitFlipTraining(Callback):
         except BaseException:
             self.restore()
             raise
+        self.last_p = self.rate(epoch)
+        self.last_flips = flips
         self.last_rate = flips / bits if bits else 0.0
         return self.last_rate
 
@@ -370,8 +385,38 @@ class BitFlipTraining(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         rate = self.flip(trainer.current_epoch, trainer.global_rank)
-        if self.log_rate:
-            pl_module.log("flip/rate", rate, on_step=True, on_epoch=True, batch_size=1)
+        if not self.log_rate:
+            return
+        values = (self.last_p, rate, self.last_flips)
+        self._epoch_sums = [a + b for a, b in zip(self._epoch_sums, values, strict=True)]
+        self._epoch_steps += 1
+        every = trainer.log_every_n_steps
+        if every and (trainer.global_step + 1) % every == 0:  # the step the logger writes
+            self._log(pl_module, "step", values)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self._epoch_sums = [0.0, 0.0, 0]
+        self._epoch_steps = 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if self.log_rate and self._epoch_steps:
+            means = [total / self._epoch_steps for total in self._epoch_sums]
+            self._log(pl_module, "epoch", means)
+
+    @staticmethod
+    def _log(pl_module: L.LightningModule, when: str, values: Sequence[float]) -> None:
+        # CPU tensors: Lightning keeps them on the CPU (a Python number is copied to the
+        # module's device)
+        names = ("flip/p", "flip/rate", "flip/flipped_bits")
+        pl_module.log_dict(
+            {
+                f"{name}_{when}": torch.tensor(float(v))
+                for name, v in zip(names, values, strict=True)
+            },
+            on_step=when == "step",
+            on_epoch=when == "epoch",
+            batch_size=1,
+        )
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self.restore()

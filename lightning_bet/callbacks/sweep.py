@@ -14,13 +14,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_bet._validation import check_positive_int
 from lightning_bet.functional.faults import FaultModel
-from lightning_bet.sweep import DEFAULT_ERROR_RATES, SEMANTICS, SweepResult, _check_grid, sweep
+from lightning_bet.sweeps import DEFAULT_ERROR_RATES, SEMANTICS, SweepResult, _check_grid, sweep
 
 __all__ = ["SweepCallback"]
 
 
 class SweepCallback(Callback):
-    """Run :func:`lightning_bet.sweep.sweep` on the validation (or a given) data and log it.
+    """Run :func:`lightning_bet.sweeps.sweep` on the validation (or a given) data and log it.
 
     Logs ``{prefix}/area`` (the BET area) and ``{prefix}/acc_p{p}`` (mean accuracy per error
     rate) through the LightningModule's logger, and keeps the last result in ``self.result``.
@@ -135,7 +135,7 @@ class SweepCallback(Callback):
 
     @rank_zero_only
     def _write(self, result: SweepResult, epoch: int) -> None:
-        from lightning_bet.sweep import write_outputs
+        from lightning_bet.sweeps import write_outputs
 
         write_outputs(result, Path(self.out_dir), name=f"sweep_epoch{epoch}")
 

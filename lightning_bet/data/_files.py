@@ -8,21 +8,23 @@ share: argument validation, the seeded train/validation split and the dataloader
 """
 
 import abc
+import contextlib
 import hashlib
 import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
+
+from lightning_bet._validation import is_int
+from lightning_bet.data.arrays import SplitDataModule
 
 _CHUNK_SIZE = 1 << 20
 _DOWNLOAD_TIMEOUT_S = 60.0
@@ -191,12 +193,13 @@ def ensure_files(
 
     failures: dict[str, list[str]] = {}
     if missing and download:
-        for resource in missing:
-            path, errors = _download(resource, data_dir)
-            if path is None:
-                failures[resource.filename] = errors
-            else:
-                found[resource.filename] = path
+        with _removing_new_empty_dirs(data_dir):
+            for resource in missing:
+                path, errors = _download(resource, data_dir)
+                if path is None:
+                    failures[resource.filename] = errors
+                else:
+                    found[resource.filename] = path
         missing = [resource for resource in missing if resource.filename in failures]
     if missing:
         raise DatasetFilesNotFoundError(
@@ -204,6 +207,24 @@ def ensure_files(
             [resource.filename for resource in missing],
         )
     return found
+
+
+@contextlib.contextmanager
+def _removing_new_empty_dirs(directory: Path) -> Iterator[None]:
+    """On exit, remove the folders up to ``directory`` that this created and left empty."""
+    new: list[Path] = []
+    folder = directory.absolute()
+    while not folder.exists():
+        new.append(folder)
+        folder = folder.parent
+    try:
+        yield
+    finally:
+        for folder in new:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # holds a downloaded file (or is gone): keep the rest
+                break
 
 
 def _find(filename: str, search_dirs: Sequence[Path]) -> Path | None:
@@ -285,26 +306,18 @@ def _stream_url(url: str, file: BinaryIO, description: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: object, minimum: int, description: str) -> int:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"Expected `{name}` to be {description}, but got {value!r}")
-    return int(value)
-
-
-class StandardImageDataModule(L.LightningDataModule, abc.ABC):
+class StandardImageDataModule(SplitDataModule, abc.ABC):
     """Base class of DataModules over a standard image classification dataset.
 
     Inputs are ``float32`` tensors of shape ``(N, *input_shape)`` holding ``q / input_levels``
     for the stored ``uint8`` pixel values ``q``, with no mean/std normalisation, so the exact
     integer inputs can be recovered. Targets are ``int64`` class indices of shape ``(N,)``.
     ``val_size`` examples of the official training set, drawn with ``seed``, form the
-    validation set; the official test set is the test (and predict) set.
+    validation set; the official test set is the test (and predict) set. A stage reads only
+    the files of the splits it needs: the test files alone are enough to test.
 
-    Subclasses set the class attributes and implement :meth:`_load_split`.
+    Subclasses set the class attributes and implement :meth:`_load_split` (and
+    :meth:`split_resources` when a split needs only some of the files).
 
     Args:
         data_dir: Directory holding the dataset files (see the subclass for the layout).
@@ -324,12 +337,6 @@ class StandardImageDataModule(L.LightningDataModule, abc.ABC):
     """Key of the dataset in :data:`RESOURCES`."""
     official_train_size: int
     """Number of examples in the official training set."""
-    input_shape: tuple[int, ...]
-    """Shape ``(C, H, W)`` of one input."""
-    num_classes: int = 10
-    """Number of classes."""
-    input_levels: int = 255
-    """Inputs are the stored ``uint8`` values divided by this."""
 
     def __init__(
         self,
@@ -340,28 +347,21 @@ class StandardImageDataModule(L.LightningDataModule, abc.ABC):
         num_workers: int = 0,
         download: bool = True,
     ) -> None:
-        super().__init__()
         if not isinstance(data_dir, str | os.PathLike):
             raise ValueError(f"Expected `data_dir` to be a str or path, but got {data_dir!r}")
-        self.batch_size = _check_int("batch_size", batch_size, 1, "a positive int")
-        self.val_size = self._check_val_size(val_size, self.official_train_size)
-        if not _is_int(seed):
-            raise ValueError(f"Expected `seed` to be an int, but got {seed!r}")
-        self.seed = int(seed)
-        self.num_workers = _check_int("num_workers", num_workers, 0, "a non-negative int")
+        self._check_val_size(val_size, self.official_train_size)
+        super().__init__(batch_size, val_size, seed, num_workers)
         if not isinstance(download, bool):
             raise ValueError(f"Expected `download` to be a bool, but got {download!r}")
         self.download = download
         self.data_dir = Path(data_dir)
         self.save_hyperparameters()
-        self.train_dataset: TensorDataset | None = None
-        self.val_dataset: TensorDataset | None = None
-        self.test_dataset: TensorDataset | None = None
-        self._files: dict[str, Path] | None = None
+        self._files: dict[str, Path] = {}
+        self._prepare_error: DatasetFilesNotFoundError | None = None
 
     @staticmethod
     def _check_val_size(val_size: object, train_size: int) -> int:
-        if not _is_int(val_size) or not 0 <= val_size < train_size:
+        if not is_int(val_size) or not 0 <= val_size < train_size:
             raise ValueError(
                 f"Expected `val_size` to be an int in [0, {train_size}) (the training set has "
                 f"{train_size} examples), but got {val_size!r}"
@@ -380,17 +380,42 @@ class StandardImageDataModule(L.LightningDataModule, abc.ABC):
         """Further directories looked in for the dataset files."""
         return ()
 
-    def _ensure_files(self, download: bool) -> dict[str, Path]:
-        """Find, verify and possibly download the files once; later calls reuse the result."""
-        if self._files is None:
-            self._files = ensure_files(
-                self.download_dir, RESOURCES[self.dataset_name], download, self.extra_dirs
-            )
-        return self._files
+    def split_resources(self, split: Split) -> tuple[Resource, ...]:
+        """The files that one official split needs (default: every file of the dataset)."""
+        return RESOURCES[self.dataset_name]
+
+    def _ensure_files(self, download: bool, split: Split | None = None) -> dict[str, Path]:
+        """Find, verify and possibly download the files of ``split`` (``None``: of all splits).
+
+        Files found once are not verified again.
+        """
+        resources = RESOURCES[self.dataset_name] if split is None else self.split_resources(split)
+        missing = [resource for resource in resources if resource.filename not in self._files]
+        if missing:
+            self._files.update(ensure_files(self.download_dir, missing, download, self.extra_dirs))
+        return {resource.filename: self._files[resource.filename] for resource in resources}
 
     def prepare_data(self) -> None:
-        """Find and verify the dataset files, downloading missing ones if allowed."""
-        self._ensure_files(self.download)
+        """Find and verify the dataset files, downloading missing ones if allowed.
+
+        Raises:
+            DatasetFilesNotFoundError: If no split can be loaded. When one split is complete
+                (e.g. only the test files are at hand, offline), the error is kept and
+                :meth:`setup` raises it for a stage that needs a missing split.
+            ValueError: If a file's checksum does not match.
+
+        """
+        try:
+            self._ensure_files(self.download)
+        except DatasetFilesNotFoundError as error:
+            self._prepare_error = error
+            for split in ("train", "test"):
+                try:
+                    self._ensure_files(download=False, split=split)
+                except DatasetFilesNotFoundError:
+                    continue
+                return
+            raise
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -399,7 +424,7 @@ class StandardImageDataModule(L.LightningDataModule, abc.ABC):
         """Read one official split.
 
         Args:
-            files: Verified path of each resource, keyed by file name.
+            files: Verified path of each resource of :meth:`split_resources`, keyed by name.
             split: ``"train"`` or ``"test"``.
 
         Returns:
@@ -408,30 +433,12 @@ class StandardImageDataModule(L.LightningDataModule, abc.ABC):
         """
 
     def _load_tensors(self, split: Split) -> TensorDataset:
-        images, labels = self._load_split(self._ensure_files(download=False), split)
-        self._check_arrays(images, labels, split)
-        inputs = torch.from_numpy(images).to(torch.float32).div_(self.input_levels)
-        targets = torch.from_numpy(labels.astype(np.int64))
-        return TensorDataset(inputs, targets)
-
-    def _check_arrays(self, images: np.ndarray, labels: np.ndarray, split: Split) -> None:
-        where = f"the {self.dataset_name} {split} set"
-        if images.dtype != np.uint8 or images.shape[1:] != self.input_shape:
-            raise ValueError(
-                f"Expected images of {where} to be uint8 with shape (N, "
-                f"{', '.join(map(str, self.input_shape))}), but got {images.dtype} "
-                f"{images.shape}"
-            )
-        if labels.shape != (len(images),):
-            raise ValueError(
-                f"Expected labels of {where} to have shape ({len(images)},), one per image, "
-                f"but got {labels.shape}"
-            )
-        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(
-                f"Expected labels of {where} to be in [0, {self.num_classes}), but found "
-                f"values in [{labels.min()}, {labels.max()}]"
-            )
+        try:
+            files = self._ensure_files(download=False, split=split)
+        except DatasetFilesNotFoundError as error:
+            raise error from self._prepare_error
+        images, labels = self._load_split(files, split)
+        return self.to_dataset(images, labels, f"the {self.dataset_name} {split} set")
 
     def setup(self, stage: str | None = None) -> None:
         """Load the datasets a stage needs (all of them when ``stage`` is ``None``).
@@ -440,54 +447,13 @@ class StandardImageDataModule(L.LightningDataModule, abc.ABC):
             stage: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or ``None``.
 
         Raises:
-            DatasetFilesNotFoundError: If the files are missing (run :meth:`prepare_data`).
+            DatasetFilesNotFoundError: If the files of a needed split are missing (run
+                :meth:`prepare_data`, or pass ``download=True``).
             ValueError: If a file is corrupt or ``val_size`` is not smaller than the training
                 set.
 
         """
         if stage in (None, "fit", "validate") and self.train_dataset is None:
-            self.train_dataset, self.val_dataset = self._split_train(self._load_tensors("train"))
+            self.train_dataset, self.val_dataset = self.split_train(self._load_tensors("train"))
         if stage in (None, "test", "predict") and self.test_dataset is None:
             self.test_dataset = self._load_tensors("test")
-
-    def _split_train(self, dataset: TensorDataset) -> tuple[TensorDataset, TensorDataset]:
-        size = len(dataset)
-        self._check_val_size(self.val_size, size)
-        order = torch.from_numpy(np.random.default_rng(self.seed).permutation(size))
-        val_indices, train_indices = order[: self.val_size], order[self.val_size :]
-        inputs, targets = dataset.tensors
-        return (
-            TensorDataset(inputs[train_indices], targets[train_indices]),
-            TensorDataset(inputs[val_indices], targets[val_indices]),
-        )
-
-    # -- dataloaders -------------------------------------------------------------------------
-
-    def _loader(self, split: str, stage: str, shuffle: bool) -> DataLoader:
-        dataset = getattr(self, f"{split}_dataset")
-        if dataset is None:
-            self.setup(stage)
-            dataset = getattr(self, f"{split}_dataset")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled batches ``(inputs (B, *input_shape), targets (B,))`` of the training set."""
-        return self._loader("train", "fit", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Batches ``(inputs (B, *input_shape), targets (B,))`` of the validation set."""
-        return self._loader("val", "validate", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Batches ``(inputs (B, *input_shape), targets (B,))`` of the official test set."""
-        return self._loader("test", "test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """Batches ``(inputs (B, *input_shape), targets (B,))`` of the official test set."""
-        return self._loader("test", "predict", shuffle=False)

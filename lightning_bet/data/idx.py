@@ -1,4 +1,4 @@
-"""IDX file reader and the MNIST and Fashion-MNIST DataModules."""
+"""IDX file reader, the MNIST and Fashion-MNIST DataModules, and one over any given IDX files."""
 
 import gzip
 import math
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_bet.data._files import Split, StandardImageDataModule
+from lightning_bet.data._files import RESOURCES, Resource, Split, StandardImageDataModule
+from lightning_bet.data.arrays import ArrayDataModule
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -130,6 +131,10 @@ class _IdxDataModule(StandardImageDataModule):
         """``data_dir`` itself, for a flat layout."""
         return (self.data_dir,)
 
+    def split_resources(self, split: Split) -> tuple[Resource, ...]:
+        """The images and labels file of ``split`` (the test split needs no training file)."""
+        return tuple(r for r in RESOURCES[self.dataset_name] if r.filename in _IDX_FILES[split])
+
     def _load_split(self, files: dict[str, Path], split: Split) -> tuple[np.ndarray, np.ndarray]:
         images_name, labels_name = _IDX_FILES[split]
         images = read_idx(files[images_name])
@@ -174,3 +179,98 @@ class FashionMNISTDataModule(_IdxDataModule):
     """
 
     dataset_name = "FashionMNIST"
+
+
+class IdxFilesDataModule(ArrayDataModule):
+    """A DataModule over IDX files you give (MNIST format, optionally gzipped): own data, own split.
+
+    Each split is an images file (``uint8`` ``(N, H, W)`` or ``(N, C, H, W)``; ``(N, H, W)`` gets
+    a channel axis) and a labels file (integers ``(N,)``), read by :func:`read_idx`. Only the
+    files given are read, in ``__init__`` (so ``input_shape`` and ``num_classes`` are known for
+    ``lightning-bet fit``); the rest is :class:`~lightning_bet.data.arrays.ArrayDataModule`. In a
+    recipe::
+
+        data:
+          class_path: lightning_bet.data.idx.IdxFilesDataModule
+          init_args:
+            train_images: data/my/train-images-idx3-ubyte.gz
+            train_labels: data/my/train-labels-idx1-ubyte.gz
+            test_images: data/my/t10k-images-idx3-ubyte.gz
+            test_labels: data/my/t10k-labels-idx1-ubyte.gz
+            val_size: 5000
+
+    Args:
+        train_images: images of the training split (with ``train_labels``).
+        train_labels: labels of the training split.
+        test_images: images of the test split (with ``test_labels``).
+        test_labels: labels of the test split.
+        val_images: images of a validation split; without, ``val_size`` training examples
+            (seeded by ``seed``) are held out.
+        val_labels: labels of that validation split.
+        input_levels: pixel levels: inputs are ``q / input_levels``.
+        num_classes: number of classes; ``None``: the largest label plus 1.
+        batch_size: examples per batch.
+        val_size: training examples held out for validation when no validation files are given.
+        seed: seed of that split.
+        num_workers: worker processes per dataloader.
+
+    Raises:
+        ValueError: for an images file without its labels file (or the reverse), no split, a
+            file that is not valid IDX, or arrays that break the checks of ``ArrayDataModule``.
+        FileNotFoundError: for a file that does not exist.
+
+    """
+
+    def __init__(
+        self,
+        train_images: str | os.PathLike[str] | None = None,
+        train_labels: str | os.PathLike[str] | None = None,
+        test_images: str | os.PathLike[str] | None = None,
+        test_labels: str | os.PathLike[str] | None = None,
+        val_images: str | os.PathLike[str] | None = None,
+        val_labels: str | os.PathLike[str] | None = None,
+        input_levels: int = 255,
+        num_classes: int | None = None,
+        batch_size: int = 64,
+        val_size: int = 0,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        given = {
+            "train": (train_images, train_labels),
+            "val": (val_images, val_labels),
+            "test": (test_images, test_labels),
+        }
+        splits: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+        for split, (images, labels) in given.items():
+            if (images is None) != (labels is None):
+                raise ValueError(
+                    f"Expected both `{split}_images` and `{split}_labels` or neither, but got "
+                    f"`{split}_images`={images!r} and `{split}_labels`={labels!r}"
+                )
+            splits[split] = None if images is None else _read_pair(split, images, labels)
+        super().__init__(
+            train=splits["train"],
+            val=splits["val"],
+            test=splits["test"],
+            input_levels=input_levels,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            val_size=val_size,
+            seed=seed,
+            num_workers=num_workers,
+        )
+        self.save_hyperparameters()
+
+
+def _read_pair(
+    split: str, images: str | os.PathLike[str], labels: str | os.PathLike[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    arrays = []
+    for kind, path in (("images", images), ("labels", labels)):
+        if not isinstance(path, str | os.PathLike) or not Path(path).is_file():
+            raise FileNotFoundError(
+                f"Expected `{split}_{kind}` to be an existing IDX file, but got {path!r}"
+            )
+        arrays.append(read_idx(path))
+    return arrays[0], arrays[1]

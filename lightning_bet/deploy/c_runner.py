@@ -7,8 +7,8 @@ accuracy of many (e.g. fault-emulated) bitstreams in one process call, and :func
 returns the runtime's verdict on a file. :func:`footprint` reports flash and RAM of a model on a
 device.
 
-The runtime sources are located by :func:`runtime_dir` (``export/runtime`` of the source tree, or
-the folder named by the ``LIGHTNING_BET_RUNTIME_DIR`` environment variable).
+The runtime sources are located by :func:`runtime_dir` (``export/runtime``, shipped with the
+package, or the folder named by the ``LIGHTNING_BET_RUNTIME_DIR`` environment variable).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_bet.deploy.model import DeployModel
+from lightning_bet.resources import resource_dir
 
 __all__ = [
     "HOST_CFLAGS",
@@ -90,9 +91,9 @@ class BetRuntimeError(RuntimeError):
 def runtime_dir() -> Path:
     """The folder holding the C runtime sources.
 
-    Searched in order: the ``LIGHTNING_BET_RUNTIME_DIR`` environment variable, a ``runtime``
-    folder shipped inside the package (``lightning_bet/deploy/runtime``), and ``export/runtime``
-    of the source tree this package was imported from.
+    Searched in order: the ``LIGHTNING_BET_RUNTIME_DIR`` environment variable, and
+    ``export/runtime`` of the package data (:func:`lightning_bet.resources.resource_dir`: in an
+    installed wheel or in the source tree).
 
     Returns:
         The folder; it holds every file of :data:`HOST_SOURCES`.
@@ -101,11 +102,10 @@ def runtime_dir() -> Path:
         FileNotFoundError: if no candidate holds the sources.
 
     """
-    here = Path(__file__).resolve().parent
     candidates = []
     if os.environ.get("LIGHTNING_BET_RUNTIME_DIR"):
         candidates.append(Path(os.environ["LIGHTNING_BET_RUNTIME_DIR"]))
-    candidates += [here / "runtime", here.parents[1] / "export" / "runtime"]
+    candidates.append(resource_dir("export") / "runtime")
     for candidate in candidates:
         if all((candidate / name).is_file() for name in HOST_SOURCES):
             return candidate

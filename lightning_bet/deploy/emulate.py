@@ -8,7 +8,7 @@ layer) and realization ``r``, the flipped weights are
 
 over the *logical* signs ``W_l`` in PyTorch's element order (row-major ``(out, in)`` for a dense
 layer, ``(C_out, C_in, k, k)`` for a convolutional one), with ``key`` the error rate ``p`` (or a
-name), exactly as the PyTorch sweep (``lightning_bet.sweep.fault_maps``) keys them: pass ``key=p``
+name), exactly as the PyTorch sweep (``lightning_bet.sweeps.fault_maps``) keys them: pass ``key=p``
 (the grid value) to reproduce a sweep's maps for asymmetric or stuck-at fault models, whose
 default key is a name. A flat index is a stored cell
 (:meth:`~lightning_bet.deploy.bitstream.PackedLayer.bit_positions`): dense index ``k`` is row

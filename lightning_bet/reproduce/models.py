@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_bet.resources import recipe_path
+
 __all__ = [
     "DATASETS",
     "METHODS",
@@ -28,8 +30,6 @@ __all__ = [
     "ModelSpec",
     "build_model_set",
 ]
-
-RECIPES = Path(__file__).resolve().parent.parent.parent / "recipes"
 
 #: Training methods, in report order.
 METHODS = ("plain", "hirtzlin", "straight_through", "margin", "mhl")
@@ -76,11 +76,11 @@ class DatasetConfig:
 
 DATASETS: dict[str, DatasetConfig] = {
     "digits": DatasetConfig(
-        "digits", RECIPES / "digits_fcnn.yaml", (), 60, 120, 20, False, 0.17, 1.9
+        "digits", recipe_path("digits_fcnn"), (), 60, 120, 20, False, 0.17, 1.9
     ),
     "mnist": DatasetConfig(
         "mnist",
-        RECIPES / "fashion_fcnn.yaml",
+        recipe_path("fashion_fcnn"),
         ("--data.class_path", "lightning_bet.data.idx.MNISTDataModule"),
         100,
         200,
@@ -90,7 +90,7 @@ DATASETS: dict[str, DatasetConfig] = {
         50.0,
     ),
     "fashion_mnist": DatasetConfig(
-        "fashion_mnist", RECIPES / "fashion_fcnn.yaml", (), 100, 200, 25, True, 2.0, 50.0
+        "fashion_mnist", recipe_path("fashion_fcnn"), (), 100, 200, 25, True, 2.0, 50.0
     ),
 }
 

@@ -221,7 +221,7 @@ def sweep_accuracy(
 ) -> np.ndarray:
     """Accuracy under ``fixed`` symmetric weight flips of every binary layer.
 
-    Calls :func:`lightning_bet.sweep.sweep`: the fault map of layer ``l`` and realization ``r``
+    Calls :func:`lightning_bet.sweeps.sweep`: the fault map of layer ``l`` and realization ``r``
     at error rate ``p`` comes from ``make_generator(seed, p, r, l)``, so every model with the same
     layer shapes is evaluated on the same fault maps.
 
@@ -229,7 +229,7 @@ def sweep_accuracy(
         ``(len(error_rates), realizations)`` float64 accuracies.
 
     """
-    from lightning_bet.sweep import sweep
+    from lightning_bet.sweeps import sweep
 
     result = sweep(
         module, (x, y), error_rates=list(error_rates), realizations=realizations, seed=seed
@@ -238,7 +238,7 @@ def sweep_accuracy(
 
 
 def bet_area(error_rates: Sequence[float], accuracy: Sequence[float]) -> float:
-    """BET area (:func:`lightning_bet.sweep.bet_area`) over the points of :data:`BET_AREA_GRID`.
+    """BET area (:func:`lightning_bet.sweeps.bet_area`) over the points of :data:`BET_AREA_GRID`.
 
     The report's grid is finer than METHOD §6's; the area uses the METHOD grid only, so that it is
     the same number a default ``lightning-bet sweep`` reports.
@@ -248,7 +248,7 @@ def bet_area(error_rates: Sequence[float], accuracy: Sequence[float]) -> float:
         accuracy: mean accuracy at each swept error rate.
 
     """
-    from lightning_bet.sweep import bet_area as area
+    from lightning_bet.sweeps import bet_area as area
 
     lookup = {float(p): float(a) for p, a in zip(error_rates, accuracy, strict=True)}
     missing = [p for p in BET_AREA_GRID if p not in lookup]
