@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "binarize_activation": "lightning_bet.functional.binarize",
     "BinaryLinear": "lightning_bet.layers",
     "BinaryConv2d": "lightning_bet.layers",
+    "Sign": "lightning_bet.layers",
     "clip_latent_weights_": "lightning_bet.layers",
     # models and training
     "BNN": "lightning_bet.models",

@@ -33,6 +33,7 @@ from lightning_bet._validation import check_positive_int
 from lightning_bet.deploy.model import DeployLayer, DeployModel
 from lightning_bet.functional.margins import fold_batchnorm
 from lightning_bet.layers import BinaryLinear
+from lightning_bet.network import blocks as network_blocks
 
 __all__ = ["DeployModule", "deploy_forward", "fold_thresholds", "to_deploy"]
 
@@ -110,14 +111,16 @@ def _check_block(index: int, block: nn.Module) -> None:
 
 
 def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
-    """Fold a fully connected :class:`~lightning_bet.models.BNN` into deploy mode.
+    """Fold a fully connected binarized network into deploy mode.
 
     BatchNorm uses its running statistics (eval mode), whatever ``net.training`` is.
 
     Args:
-        net: a ``BNN`` whose hidden blocks are ``BinaryLinear -> BatchNorm1d -> sign`` (no
-            pooling) and whose head is an ``OutputLayer``; the first layer takes real pixels
-            (``binarize_input=False``).
+        net: any module whose blocks (:func:`lightning_bet.network.blocks`) are
+            ``BinaryLinear -> BatchNorm1d -> sign`` (no pooling), then an output ``BinaryLinear``
+            (an ``OutputLayer``'s scale is kept; a bare ``BinaryLinear`` has scale 1): a ``BNN``,
+            a ``BNNClassifier``, a user's ``nn.Sequential`` or ``LightningModule``. The first
+            layer takes real pixels (``binarize_input=False``).
         input_levels: ``L``: inputs are ``q / L`` with integer ``q`` in ``[0, L]``.
 
     Returns:
@@ -135,13 +138,8 @@ def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
 
     """
     check_positive_int("input_levels", input_levels, "an int >= 1")
-    blocks = getattr(net, "blocks", None)
-    head = getattr(net, "head", None)
-    if blocks is None or head is None or not isinstance(getattr(head, "layer", None), BinaryLinear):
-        raise ValueError(
-            "Expected `net` to be a lightning_bet BNN (hidden `blocks` and an OutputLayer `head`), "
-            f"but got {type(net).__name__}"
-        )
+    view = network_blocks(net, argument="net")
+    blocks, head = view.blocks, view.head
     for i, block in enumerate(blocks):
         _check_block(i, block)
     first = blocks[0].layer if len(blocks) else head.layer
@@ -178,7 +176,7 @@ def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
             )
         )
         scale = float(head.scale.detach().cpu().float())
-    input_shape = tuple(getattr(net, "input_shape", ()))
+    input_shape = view.input_shape or ()
     if input_shape and math.prod(input_shape) != layers[0].shape[1]:
         input_shape = ()
     return DeployModel(tuple(layers), input_levels, scale, input_shape)
