@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "sample_fault_indices": "lightning_bet.functional.faults",
     "BitFlipTraining": "lightning_bet.callbacks.bitflip",
     "MarginRegularization": "lightning_bet.callbacks.margin_regularization",
+    "LatentClipping": "lightning_bet.callbacks.latent_clipping",
     "modified_hinge_loss": "lightning_bet.functional.losses",
     "margin_cross_entropy": "lightning_bet.functional.losses",
     # measuring bit error tolerance
@@ -45,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "SweepResult": "lightning_bet.sweep",
     "sweep": "lightning_bet.sweep",
     "bet_area": "lightning_bet.sweep",
+    "summary": "lightning_bet.summary",
+    "BitSummaryCallback": "lightning_bet.summary",
     # edge export
     "DeployModel": "lightning_bet.deploy.model",
     "DeployLayer": "lightning_bet.deploy.model",

@@ -462,7 +462,7 @@ def blocks(module: nn.Module, argument: str = "module") -> Network:
         ...     nn.BatchNorm1d(16), Sign(), BinaryLinear(16, 10, bias=False))
         >>> view = blocks(net)
         >>> [b.name for b in view.blocks], view.head.name, view.blocks[0].flatten
-        (['1'], '3', True)
+        (['1'], '4', True)
 
     """
     if not isinstance(module, nn.Module):
