@@ -273,7 +273,7 @@ class BitErrorTolerance(Metric):
         modes = [m.training for m in net.modules()]
         try:
             net.eval()
-            with torch.no_grad(), capture_activations(net) as records:
+            with torch.no_grad(), capture_activations(self._net) as records:
                 net(x)
         finally:
             for module, mode in zip(net.modules(), modes, strict=True):

@@ -482,7 +482,7 @@ def blocks(module: nn.Module, argument: str = "module") -> Network:
     skip: str | None = None
     for sub_name, sub in top.named_modules():
         name = prefix + sub_name if sub_name else root
-        if skip is not None and (name == skip or name.startswith(skip + ".")):
+        if skip is not None and (skip in ("", name) or name.startswith(skip + ".")):
             continue
         if isinstance(sub, BinaryBlock | OutputLayer) or _skipped(sub):
             skip = name
