@@ -211,6 +211,8 @@ def test_dict_outputs_manual_optimization_and_what_cannot_apply():
     fit = trainer(max_steps=2, callbacks=[MarginRegularization()])
     fit.fit(Manual(True), loader())
     assert "train/margin_reg" in fit.callback_metrics
+    with pytest.raises(ValueError, match=r"one MarginRegularization callback per module, but"):
+        fit_one_step(UserClassifier(), [MarginRegularization(), MarginRegularization()])
 
 
 def test_margin_regularization_on_a_user_conv_module_matches_the_penalty():

@@ -147,6 +147,11 @@ class MarginRegularization(Callback):
             self._handles.append(block.bn.register_forward_pre_hook(self._capture_hook(i)))
         if stage == "fit" and pl_module.automatic_optimization:
             step = pl_module.training_step
+            if isinstance(step, _PenalizedTrainingStep) and step.callback is not self:
+                raise ValueError(
+                    f"Expected one MarginRegularization callback per module, but "
+                    f"{type(pl_module).__name__} already has another one: use a single callback"
+                )
             if not isinstance(step, _PenalizedTrainingStep):
                 pl_module.training_step = _PenalizedTrainingStep(self, step)
                 self._wrapped = pl_module
