@@ -46,8 +46,8 @@ _EXPORTS: dict[str, str] = {
     "SweepResult": "lightning_bet.sweep",
     "sweep": "lightning_bet.sweep",
     "bet_area": "lightning_bet.sweep",
-    "summary": "lightning_bet.summary",
-    "BitSummaryCallback": "lightning_bet.summary",
+    "summary": "lightning_bet.model_summary",
+    "BitSummaryCallback": "lightning_bet.model_summary",
     # edge export
     "DeployModel": "lightning_bet.deploy.model",
     "DeployLayer": "lightning_bet.deploy.model",

@@ -26,8 +26,8 @@ from lightning_bet.deploy.fold import deploy_forward, to_deploy
 from lightning_bet.deploy.interpreter import run_bitstream
 from lightning_bet.layers import BinaryConv2d, BinaryLinear, Sign
 from lightning_bet.metrics import BitErrorTolerance
+from lightning_bet.model_summary import BitSummaryCallback, summary
 from lightning_bet.module import BNNClassifier
-from lightning_bet.summary import BitSummaryCallback, summary
 from tests.test_margin_regularization import GradProbe
 
 
@@ -275,6 +275,9 @@ def test_summary_counts_bits_of_a_conv_network(capsys):
     assert s.compression == pytest.approx(s.float32_bytes / s.deploy_bytes)
     table = str(s)
     assert "4x1x3x3" in table and "Total" in table and "Deploy size: 416 bytes" in table
+    import lightning_bet
+
+    assert lightning_bet.summary is summary  # the function, not a submodule
     main(["summary", "--config", "recipes/digits_fcnn.yaml"])
     out = capsys.readouterr().out
     assert "net.blocks.0.layer" in out and "Deploy size: 12,676 bytes" in out
