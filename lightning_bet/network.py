@@ -260,7 +260,7 @@ def _skipped(module: nn.Module) -> bool:
     return isinstance(module, nn.Identity | Metric | _Loss)
 
 
-def _root(module: nn.Module, names: Sequence[str]) -> str:
+def _root(names: Sequence[str]) -> str:
     """Qualified name of the deepest submodule holding every one of ``names`` (not one of them)."""
     parents = [name.split(".")[:-1] for name in names]
     common = parents[0]
@@ -420,7 +420,7 @@ class _Walk:
         self.binarized = False
         self.last = f"`{name}` ({type(module).__name__})"
 
-    def finish(self, module: nn.Module) -> Head:
+    def finish(self) -> Head:
         if self.head is not None:
             return self.head
         if self.layer is None:
@@ -475,7 +475,7 @@ def blocks(module: nn.Module, argument: str = "module") -> Network:
             f"Expected `{argument}` to contain binary layers (BinaryLinear/BinaryConv2d), but "
             f"{type(module).__name__} has none"
         )
-    root = "" if "" in names else _root(module, names)
+    root = "" if "" in names else _root(names)
     top = module.get_submodule(root) if root else module
     walk = _Walk(type(module).__name__, argument)
     prefix = f"{root}." if root else ""
@@ -491,5 +491,5 @@ def blocks(module: nn.Module, argument: str = "module") -> Network:
         elif next(sub.children(), None) is not None:
             continue  # a container: its children are walked
         walk.step(name, sub)
-    head = walk.finish(module)
+    head = walk.finish()
     return Network(top, tuple(walk.blocks), head, _input_shape(module, root))
