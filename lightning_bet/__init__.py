@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "binarize_activation": "lightning_bet.functional.binarize",
     "BinaryLinear": "lightning_bet.layers",
     "BinaryConv2d": "lightning_bet.layers",
+    "Sign": "lightning_bet.layers",
     "clip_latent_weights_": "lightning_bet.layers",
     # models and training
     "BNN": "lightning_bet.models",
@@ -37,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "sample_fault_indices": "lightning_bet.functional.faults",
     "BitFlipTraining": "lightning_bet.callbacks.bitflip",
     "MarginRegularization": "lightning_bet.callbacks.margin_regularization",
+    "LatentClipping": "lightning_bet.callbacks.latent_clipping",
     "modified_hinge_loss": "lightning_bet.functional.losses",
     "margin_cross_entropy": "lightning_bet.functional.losses",
     # measuring bit error tolerance
@@ -46,6 +48,8 @@ _EXPORTS: dict[str, str] = {
     "SweepResult": "lightning_bet.sweeps",
     "sweep": "lightning_bet.sweeps",
     "bet_area": "lightning_bet.sweeps",
+    "summary": "lightning_bet.model_summary",
+    "BitSummaryCallback": "lightning_bet.model_summary",
     # edge export
     "DeployModel": "lightning_bet.deploy.model",
     "DeployLayer": "lightning_bet.deploy.model",

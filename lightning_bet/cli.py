@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "export": "lightning_bet.deploy.cli:export_main",
     "emulate": "lightning_bet.deploy.cli:emulate_main",
     "reproduce": "lightning_bet.reproduce:cli_main",
+    "summary": "lightning_bet.model_summary:cli_main",
 }
 
 

@@ -21,7 +21,7 @@ from lightning_bet._validation import check_positive_int
 from lightning_bet.functional.binarize import binarize_activation, binarize_weight
 from lightning_bet.functional.flips import SignFlips, binarize_weight_flipped
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "binary_layers", "clip_latent_weights_"]
+__all__ = ["BinaryConv2d", "BinaryLinear", "Sign", "binary_layers", "clip_latent_weights_"]
 
 
 class _BinaryMixin:
@@ -175,6 +175,27 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"{super().extra_repr()}, binarize_input={self.binarize_input}"
+
+
+class Sign(nn.Module):
+    """The sign activation as a module, for ``nn.Sequential`` networks: ``binarize_activation``.
+
+    Forward: ``sign(x)`` with ``sign(0) = +1``. Pseudo-gradient: hardtanh,
+    ``dL/dx = dL/dy * 1{|x| <= 1}``. Put it after each hidden BatchNorm (or let the next binary
+    layer binarize its input with ``binarize_input=True``, which computes the same).
+
+    Shape:
+        - Input: any.
+        - Output: same as the input.
+
+    Example:
+        >>> Sign()(torch.tensor([-0.5, 0.0, 2.0]))
+        tensor([-1.,  1.,  1.])
+
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return binarize_activation(x)
 
 
 def binary_layers(module: nn.Module) -> Iterator[tuple[str, BinaryLinear | BinaryConv2d]]:

@@ -30,8 +30,10 @@ from lightning_bet.functional.margins import (
     fold_batchnorm,
     output_margin,
 )
-from lightning_bet.layers import BinaryConv2d, BinaryLinear, binary_layers
+from lightning_bet.layers import BinaryLinear, binary_layers
 from lightning_bet.models import BNN
+from lightning_bet.network import Network, fan_in
+from lightning_bet.network import blocks as network_blocks
 
 __all__ = ["BitErrorTolerance", "capture_activations", "resolve_bnn"]
 
@@ -67,16 +69,8 @@ def resolve_bnn(model: nn.Module) -> BNN:
     )
 
 
-def fan_in(layer: BinaryLinear | BinaryConv2d) -> int:
-    """Number of weights per output neuron."""
-    if isinstance(layer, BinaryLinear):
-        return layer.in_features
-    kh, kw = layer.kernel_size
-    return layer.in_channels // layer.groups * kh * kw
-
-
 @contextmanager
-def capture_activations(net: BNN, rows: int | None = None) -> Iterator[dict[str, Any]]:
+def capture_activations(net: Network, rows: int | None = None) -> Iterator[dict[str, Any]]:
     """Record, during forward passes of ``net``, what the metric needs.
 
     Yields a dict that every forward pass fills: ``"inputs"`` (list per hidden block: the input
@@ -85,7 +79,7 @@ def capture_activations(net: BNN, rows: int | None = None) -> Iterator[dict[str,
     exception.
 
     Args:
-        net: the network.
+        net: the block view of the network (:func:`lightning_bet.network.blocks`).
         rows: of the hidden blocks' activations, keep copies of only the first ``rows`` samples
             of each batch (``None``: keep references to the whole tensors). Holding whole
             activations would keep them from being freed and reused during the forward pass;
@@ -165,7 +159,9 @@ class BitErrorTolerance(Metric):
     with the network in eval mode (BatchNorm running statistics), restoring its mode after.
 
     Args:
-        model: a :class:`~lightning_bet.models.BNN` or a module holding one as ``.net``.
+        model: any module made of the project's binary layers (a
+            :class:`~lightning_bet.models.BNN`, a ``BNNClassifier``, a user's ``nn.Sequential``
+            or ``LightningModule``): its blocks are found by :func:`lightning_bet.network.blocks`.
         error_rates: error rates of the predicted flip rate, each in [0, 1], non-empty.
         quantiles: low quantiles of the normalized margin to report, each in (0, 1).
         margin_range: upper end of the normalized margin histogram (larger values go to an
@@ -198,7 +194,7 @@ class BitErrorTolerance(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        net = resolve_bnn(model)
+        net = network_blocks(model, argument="model")
         if len(net.blocks) == 0:
             raise ValueError("Expected `model` to have at least one hidden binary block, but got 0")
         rates = tuple(error_rates) if isinstance(error_rates, Sequence) else (error_rates,)
@@ -253,8 +249,8 @@ class BitErrorTolerance(Metric):
         )
 
     @property
-    def net(self) -> BNN:
-        """The network the metric measures."""
+    def net(self) -> Network:
+        """The block view of the network the metric measures."""
         return self._net
 
     def update(self, x: Tensor | dict[str, Any], y: Tensor) -> None:
@@ -273,11 +269,11 @@ class BitErrorTolerance(Metric):
                 self._accumulate(x, y)
             return
         self._check_batch(x, y)
-        net = self._net
+        net = self._net.module
         modes = [m.training for m in net.modules()]
         try:
             net.eval()
-            with torch.no_grad(), capture_activations(net) as records:
+            with torch.no_grad(), capture_activations(self._net) as records:
                 net(x)
         finally:
             for module, mode in zip(net.modules(), modes, strict=True):

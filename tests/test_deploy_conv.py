@@ -179,7 +179,7 @@ def test_to_deploy_refuses_what_it_cannot_export_exactly():
     refuse(net, r"kernel size of hidden block 0 to be the same on both axes, but got \(3, 1\)")
     net = conv_net()
     net.blocks[1].pool = nn.AvgPool2d(2)
-    refuse(net, "pooling of hidden block 1 to be nn.MaxPool2d .* but got AvgPool2d")
+    refuse(net, r"`blocks.1.pool` \(AvgPool2d\) breaks the pattern: only max-pooling")
     net = conv_net()
     net.blocks[1].pool = nn.MaxPool2d(3, stride=2)
     refuse(net, "max-pool of hidden block 1 to have stride equal to its window")
@@ -188,7 +188,7 @@ def test_to_deploy_refuses_what_it_cannot_export_exactly():
     refuse(net, r"hidden block 1: Expected the 2x2 max-pool windows to tile the 9x9 convolution")
     net = conv_net()
     net.blocks[0].bn = nn.Identity()
-    refuse(net, "hidden block 0 to have a BatchNorm2d after its BinaryConv2d, but got Identity")
+    refuse(net, r"`blocks.0.bn` \(Identity\) breaks the pattern: expected a BatchNorm2d")
     net = conv_net()
     net.blocks[0].layer = BinaryConv2d(2, 5, 3, padding=1, bias=True, binarize_input=False)
     refuse(net, "BinaryConv2d of hidden block 0 to have no bias")
@@ -197,7 +197,7 @@ def test_to_deploy_refuses_what_it_cannot_export_exactly():
     refuse(net, "padding_mode='zeros' in hidden block 0")
     dense_first = conv_net()
     dense_first.blocks = nn.ModuleList([dense_first.blocks[2], dense_first.blocks[0]])
-    refuse(dense_first, "convolutional blocks before dense ones, but hidden block 1")
+    refuse(dense_first, r"`blocks.1` \(BinaryBlock\) breaks .* no convolution after a dense layer")
 
 
 def test_deploy_conv_validation_messages():

@@ -553,7 +553,7 @@ def test_bet_logging_on_device_logs_what_it_logs_on_cpu(device):
         callback = BetLogging(error_rates=RATES[1:])  # default: 16 samples per batch
         run = trainer(accelerator=dev.type, callbacks=[callback])
         run.validate(module, DataLoader(TensorDataset(x, y), batch_size=32), verbose=False)
-        assert callback.metric.device == dev and callback.metric.net is module.net
+        assert callback.metric.device == dev and callback.metric.net.module is module.net
         assert all(not b.bn._forward_pre_hooks for b in module.net.blocks)
         return {k: v.cpu() for k, v in run.callback_metrics.items() if k.startswith("val/bet")}
 

@@ -255,6 +255,6 @@ def test_schedule_and_messages():
     ):
         MarginRegularization(statistics="ema")
     with pytest.raises(
-        ValueError, match="contain hidden BinaryBlocks to regularize, but Linear has none"
+        ValueError, match="Expected `pl_module` to contain binary layers .*, but Linear has none"
     ):
         MarginRegularization().setup(fake_trainer(), nn.Linear(2, 2), "fit")

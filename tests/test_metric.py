@@ -169,10 +169,12 @@ def test_plot():
 def test_bad_input():
     with pytest.raises(ValueError, match="Expected `model` to contain binary layers"):
         BitErrorTolerance(nn.Sequential(nn.Linear(4, 2)))
-    with pytest.raises(TypeError, match="Expected `model` to be a lightning_bet BNN"):
+    with pytest.raises(ValueError, match="at least one hidden binary block, but got 0"):
         from lightning_bet.layers import BinaryLinear
 
         BitErrorTolerance(nn.Sequential(BinaryLinear(4, 2)))
+    with pytest.raises(ValueError, match=r"`model` \(Sequential\) to be made of hidden blocks"):
+        BitErrorTolerance(nn.Sequential(BinaryLinear(4, 4), nn.ReLU(), BinaryLinear(4, 2)))
     net = _model()
     with pytest.raises(ValueError, match=r"Expected `error_rates` to hold floats in \[0, 1\]"):
         BitErrorTolerance(net, error_rates=(0.1, 1.5))

@@ -24,6 +24,9 @@ __all__ = ["BetLogging"]
 class BetLogging(Callback):
     """Log the margin-based bit error tolerance of the model during validation.
 
+    Works on any LightningModule made of the project's binary layers: the blocks are found by
+    :func:`lightning_bet.network.blocks`, and validation batches are ``(x, y, ...)``.
+
     Args:
         error_rates: error rates of the predicted neuron flip rate (see ``BitErrorTolerance``).
         quantiles: low quantiles of the normalized margin to log.

@@ -34,6 +34,7 @@ from lightning_bet._validation import check_positive_int
 from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
 from lightning_bet.functional.margins import fold_batchnorm
 from lightning_bet.layers import BinaryConv2d, BinaryLinear
+from lightning_bet.network import blocks as network_blocks
 
 __all__ = ["DeployModule", "deploy_forward", "fold_thresholds", "to_deploy"]
 
@@ -230,17 +231,19 @@ def _fold_block(
 
 
 def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
-    """Fold a :class:`~lightning_bet.models.BNN` (dense or convolutional) into deploy mode.
+    """Fold a binarized network (dense or convolutional) into deploy mode.
 
     BatchNorm uses its running statistics (eval mode), whatever ``net.training`` is.
 
     Args:
-        net: a ``BNN`` whose hidden blocks are ``BinaryConv2d -> [MaxPool2d] -> BatchNorm2d ->
-            sign`` (first, any number) then ``BinaryLinear -> BatchNorm1d -> sign`` and whose head
-            is an ``OutputLayer``; the first layer takes real pixels (``binarize_input=False``).
-            Convolutions: square kernels, equal strides and zero paddings on both axes,
-            ``groups=1``, ``dilation=1``, no bias; max-pool windows with stride equal to the
-            window that tile the map.
+        net: any module whose blocks (:func:`lightning_bet.network.blocks`) are
+            ``BinaryConv2d -> [MaxPool2d] -> BatchNorm2d -> sign`` (first, any number) then
+            ``BinaryLinear -> BatchNorm1d -> sign``, then an output ``BinaryLinear`` (an
+            ``OutputLayer``'s scale is kept; a bare ``BinaryLinear`` has scale 1): a ``BNN``, a
+            ``BNNClassifier``, a user's ``nn.Sequential`` or ``LightningModule``. The first layer
+            takes real pixels (``binarize_input=False``). Convolutions: square kernels, equal
+            strides and zero paddings on both axes, ``groups=1``, ``dilation=1``, no bias;
+            max-pool windows with stride equal to the window that tile the map.
         input_levels: ``L``: inputs are ``q / L`` with integer ``q`` in ``[0, L]``.
 
     Returns:
@@ -260,13 +263,8 @@ def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
 
     """
     check_positive_int("input_levels", input_levels, "an int >= 1")
-    blocks = getattr(net, "blocks", None)
-    head = getattr(net, "head", None)
-    if blocks is None or head is None or not isinstance(getattr(head, "layer", None), BinaryLinear):
-        raise ValueError(
-            "Expected `net` to be a lightning_bet BNN (hidden `blocks` and an OutputLayer `head`), "
-            f"but got {type(net).__name__}"
-        )
+    view = network_blocks(net, argument="net")
+    blocks, head = view.blocks, view.head
     conv_allowed = True
     for i, block in enumerate(blocks):
         _check_block(i, block, conv_allowed)
@@ -279,11 +277,12 @@ def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
         )
     if head.layer.bias is not None:
         raise ValueError("Expected the output layer to have no bias")
-    input_shape = tuple(getattr(net, "input_shape", ()))
+    input_shape = tuple(view.input_shape or ())
     if isinstance(first, BinaryConv2d) and len(input_shape) != 3:
         raise ValueError(
-            "Expected `net.input_shape` to be (C, H, W) for a network whose first layer is a "
-            f"BinaryConv2d, but got {input_shape!r}"
+            "Expected the input shape (C, H, W) of a network whose first layer is a BinaryConv2d "
+            "(an `input_shape` attribute or `example_input_array`), but got "
+            f"{input_shape or None!r}"
         )
     shape: tuple[int, ...] = input_shape if input_shape else (first.in_features,)
     layers: list[DeployConv | DeployLayer] = []
