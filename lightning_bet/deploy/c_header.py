@@ -1,9 +1,10 @@
 """C package for microcontrollers: the bitstream as a C array plus the portable runtime.
 
-:func:`write_c_package` writes ``<name>.h`` (the bitstream v1 bytes as
+:func:`write_c_package` writes ``<name>.h`` (the bitstream bytes, v1 or v2, as
 ``static const uint8_t <name>_bet[]``, 4-byte aligned, in the style of ``xxd -i``, with the
-layer shapes and the scratch size as ``#define`` s) and copies ``bet_runtime.h`` /
-``bet_runtime.c`` next to it. A firmware then needs no file system and no allocator::
+layer shapes and the scratch sizes of :func:`scratch_layout` as ``#define`` s) and copies
+``bet_runtime.h`` / ``bet_runtime.c`` next to it. A firmware then needs no file system and no
+allocator::
 
     #include "model.h"
     static bet_model net;
@@ -21,11 +22,11 @@ import re
 import shutil
 from pathlib import Path
 
-from lightning_bet.deploy.bitstream import parse_bitstream, write_bitstream
+from lightning_bet.deploy.bitstream import read_bitstream, write_bitstream
 from lightning_bet.deploy.c_runner import RUNTIME_SOURCES, runtime_dir
-from lightning_bet.deploy.model import DeployModel
+from lightning_bet.deploy.model import DeployConv, DeployModel
 
-__all__ = ["c_array", "render_header", "write_c_package"]
+__all__ = ["c_array", "render_header", "scratch_layout", "write_c_package"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _BYTES_PER_LINE = 12
@@ -39,6 +40,64 @@ def _bitstream_of(model: object) -> bytes:
     raise TypeError(
         f"Expected `model` to be a DeployModel or bitstream bytes, but got {type(model).__name__}"
     )
+
+
+def _words(bits: int) -> int:
+    return (bits + 31) // 32
+
+
+def scratch_layout(model: DeployModel) -> dict[str, int]:
+    """Scratch words ``bet_predict`` needs for ``model`` (``BET_SCRATCH_WORDS_CONV``).
+
+    The scratch is two ping-pong bit buffers for the widest hidden output (a convolutional
+    layer's ``C_out * H_out * W_out`` map, packed), the largest im2col patch of a convolutional
+    layer (patch bits and their in-the-image mask for binary inputs, one byte per pixel for the
+    first layer), ``C_out`` int32 running maxima for max-pooling, and one word.
+
+    Args:
+        model: the deploy-mode network.
+
+    Returns:
+        ``{"max_hidden", "activation_words", "patch_words", "conv_channels",
+        "scratch_words"}``: ``scratch_words = 2 * activation_words + patch_words +
+        conv_channels + 1``, what ``bet_scratch_words`` returns for the model's bitstream.
+
+    Example:
+        >>> net = build_model("fcnn", (1, 8, 8), 10, (16,))
+        >>> scratch_layout(to_deploy(net, 16))["scratch_words"]  # doctest: +SKIP
+        3
+
+    """
+    hidden = model.layers[:-1]
+    max_hidden = max((layer.out_features for layer in hidden), default=0)
+    convs = [layer for layer in hidden if isinstance(layer, DeployConv)]
+    patch = max(
+        (2 * _words(c.fan_in) if c.binary_input else -(-c.fan_in // 4) for c in convs), default=0
+    )
+    channels = max((c.weight.shape[0] for c in convs), default=0)
+    return {
+        "max_hidden": max_hidden,
+        "activation_words": _words(max_hidden),
+        "patch_words": patch,
+        "conv_channels": channels,
+        "scratch_words": 2 * _words(max_hidden) + patch + channels + 1,
+    }
+
+
+def _describe(model: DeployModel) -> str:
+    """``FCNN 64-256-10`` or ``CNN C32k3p1-MP2-C64k3p1-MP2-10`` (stride shown when not 1)."""
+    if not model.has_conv:
+        widths = [model.layers[0].in_features] + [layer.out_features for layer in model.layers]
+        return "FCNN " + "-".join(map(str, widths))
+    parts = []
+    for layer in model.layers:
+        if isinstance(layer, DeployConv):
+            stride = f"s{layer.stride}" if layer.stride != 1 else ""
+            parts.append(f"C{layer.weight.shape[0]}k{layer.kernel_size}{stride}p{layer.padding}")
+            parts += [f"MP{layer.pool}"] if layer.pool > 1 else []
+        else:
+            parts.append(str(layer.out_features))
+    return "CNN " + "-".join(parts)
 
 
 def c_array(data: bytes, indent: str = "    ") -> str:
@@ -60,7 +119,7 @@ def render_header(bitstream: bytes, name: str = "model") -> str:
     """The text of ``<name>.h`` for a (validated) bitstream.
 
     Args:
-        bitstream: a format-v1 bitstream (validated with ``parse_bitstream``).
+        bitstream: a bitstream, v1 or v2 (validated with ``read_bitstream``).
         name: a C identifier; prefixes the array (``<name>_bet``), its length
             (``<name>_bet_len``) and the macros (``<NAME>_...``).
 
@@ -76,26 +135,31 @@ def render_header(bitstream: bytes, name: str = "model") -> str:
         raise ValueError(f"Expected `name` to be a C identifier, but got {name!r}")
     if name == "bet_runtime":
         raise ValueError("Expected `name` not to be 'bet_runtime' (the runtime's own header)")
-    packed = parse_bitstream(bitstream)
+    model = read_bitstream(bitstream)
     upper = name.upper()
-    hidden = [layer.out_features for layer in packed.layers[:-1]]
-    max_hidden = max(hidden, default=0)
-    shapes = ", ".join(f"{{{layer.out_features}, {layer.in_features}}}" for layer in packed.layers)
-    shape_text = "x".join(str(s) for s in packed.input_shape) or "not recorded"
-    widths = "-".join(
-        str(n) for n in [packed.layers[0].in_features] + [x.out_features for x in packed.layers]
-    )
+    layers = model.layers
+    scratch = scratch_layout(model)
+    shapes = ", ".join(f"{{{layer.out_features}, {layer.in_features}}}" for layer in layers)
+    shape_text = "x".join(str(s) for s in model.input_shape) or "not recorded"
+    version = int.from_bytes(bitstream[4:6], "little")
     defines = [
-        ("NUM_LAYERS", f"{len(packed.layers)}u", "hidden layers + the output layer"),
-        ("NUM_INPUTS", f"{packed.layers[0].in_features}u", "uint8 pixels per sample"),
-        ("NUM_CLASSES", f"{packed.layers[-1].out_features}u", "int32 logits per sample"),
-        ("INPUT_LEVELS", f"{packed.input_levels}u", "pixels q in [0, INPUT_LEVELS]"),
-        ("MAX_HIDDEN", f"{max_hidden}u", "widest hidden layer"),
-        ("SCRATCH_WORDS", f"{2 * ((max_hidden + 31) // 32) + 1}u", "BET_SCRATCH_WORDS(MAX_HIDDEN)"),
+        ("NUM_LAYERS", f"{len(layers)}u", "hidden layers + the output layer"),
+        ("NUM_INPUTS", f"{layers[0].in_features}u", "uint8 pixels per sample"),
+        ("NUM_CLASSES", f"{layers[-1].out_features}u", "int32 logits per sample"),
+        ("INPUT_LEVELS", f"{model.input_levels}u", "pixels q in [0, INPUT_LEVELS]"),
+        ("MAX_HIDDEN", f"{scratch['max_hidden']}u", "widest hidden output (conv: C*H*W bits)"),
+        ("PATCH_WORDS", f"{scratch['patch_words']}u", "largest conv im2col patch, in words"),
+        ("CONV_CHANNELS", f"{scratch['conv_channels']}u", "largest conv C_out (int32 maxima)"),
+        (
+            "SCRATCH_WORDS",
+            f"{scratch['scratch_words']}u",
+            "BET_SCRATCH_WORDS_CONV(MAX_HIDDEN, PATCH_WORDS, CONV_CHANNELS)",
+        ),
         ("BET_LEN", f"{len(bitstream)}u", "bytes of the bitstream"),
     ]
     lines = [
-        f"/* {name}.h: lightning-bet bitstream v1, FCNN {widths}, input shape {shape_text}.",
+        f"/* {name}.h: lightning-bet bitstream v{version}, {_describe(model)}, input shape "
+        f"{shape_text}.",
         " * Generated by lightning_bet.deploy.c_header; do not edit. Include it in ONE .c file",
         " * (the array is static); compile bet_runtime.c with it. See export/RUNTIME.md. */",
         f"#ifndef {upper}_BET_H",
@@ -112,8 +176,8 @@ def render_header(bitstream: bytes, name: str = "model") -> str:
         "/* per layer {out_features, in_features} */",
         f"#define {upper}_LAYER_SHAPES {{{shapes}}}",
         "",
-        f"#if BET_MAX_LAYERS < {len(packed.layers)}",
-        f'#error "{name}.h needs BET_MAX_LAYERS >= {len(packed.layers)}"',
+        f"#if BET_MAX_LAYERS < {len(layers)}",
+        f'#error "{name}.h needs BET_MAX_LAYERS >= {len(layers)}"',
         "#endif",
         "",
         f"static const uint8_t {name}_bet[{upper}_BET_LEN] BET_ALIGN4 = {{",
@@ -133,13 +197,14 @@ def write_c_package(
     """Write ``<name>.h`` and copy the C runtime sources into ``out_dir``.
 
     Args:
-        model: a :class:`DeployModel` or a format-v1 bitstream.
+        model: a :class:`DeployModel` or a bitstream (v1 or v2).
         out_dir: destination folder (created if needed).
         name: C identifier naming the header, the array and the macros.
 
     Returns:
         ``{"header": Path, "sources": [Path, ...], "bitstream_bytes": int,
-        "header_bytes": int, "scratch_words": int, "layers": [(out, in), ...]}``.
+        "header_bytes": int, "scratch_words": int, "layers": [(out, in), ...]}`` plus the
+        parts of the scratch (:func:`scratch_layout`).
 
     Raises:
         TypeError: for a ``model`` that is neither a ``DeployModel`` nor bytes.
@@ -161,13 +226,12 @@ def write_c_package(
     sources = []
     for source in RUNTIME_SOURCES:
         sources.append(Path(shutil.copyfile(source_dir / source, folder / source)))
-    packed = parse_bitstream(bitstream)
-    max_hidden = max((layer.out_features for layer in packed.layers[:-1]), default=0)
+    deployed = read_bitstream(bitstream)
     return {
         "header": header,
         "sources": sources,
         "bitstream_bytes": len(bitstream),
         "header_bytes": header.stat().st_size,
-        "scratch_words": 2 * ((max_hidden + 31) // 32) + 1,
-        "layers": [(layer.out_features, layer.in_features) for layer in packed.layers],
+        **scratch_layout(deployed),
+        "layers": [(layer.out_features, layer.in_features) for layer in deployed.layers],
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_bet.deploy.model import DeployModel
+from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
 
 __all__ = [
     "HOST_CFLAGS",
@@ -56,7 +56,8 @@ HOST_SOURCES = (*RUNTIME_SOURCES, "bet_host_main.c")
 HOST_CFLAGS = ("-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-O2")
 
 _HEADER_BYTES = 48
-_ENTRY_BYTES = 32
+#: layer-table entry bytes per format version (FORMAT.md); a reader rejects other versions
+_ENTRY_BYTES = {1: 32, 2: 48}
 
 
 class BetStatus(enum.IntEnum):
@@ -195,9 +196,15 @@ def _u32(data: bytes, offset: int) -> int:
     return int.from_bytes(data[offset : offset + 4], "little")
 
 
+def _entry_bytes(bitstream: bytes) -> int:
+    """Layer-table entry size of the bitstream's version (v1's for unknown versions)."""
+    version = int.from_bytes(bitstream[4:6], "little") if len(bitstream) >= 6 else 1
+    return _ENTRY_BYTES.get(version, _ENTRY_BYTES[1])
+
+
 def _declared_inputs(bitstream: bytes) -> int | None:
     """in_features of layer 0 as the layer table states it (None if the file is too short)."""
-    if len(bitstream) < _HEADER_BYTES + _ENTRY_BYTES:
+    if len(bitstream) < _HEADER_BYTES + _entry_bytes(bitstream):
         return None
     return _u32(bitstream, _HEADER_BYTES + 12)
 
@@ -205,7 +212,7 @@ def _declared_inputs(bitstream: bytes) -> int | None:
 def _declared_classes(bitstream: bytes) -> int:
     """out_features of the output layer of a bitstream the C runtime accepted."""
     last = _u32(bitstream, 12) - 1
-    return _u32(bitstream, _HEADER_BYTES + _ENTRY_BYTES * last + 8)
+    return _u32(bitstream, _HEADER_BYTES + _entry_bytes(bitstream) * last + 8)
 
 
 def _as_pixels(q: object, features: int | None) -> np.ndarray:
@@ -457,17 +464,25 @@ def _object_sizes(cc: str, cflags: Sequence[str], cache_dir: Path) -> dict[str, 
     }
 
 
-def _model_shapes(model: DeployModel | bytes) -> tuple[list[tuple[int, int]], int]:
+def _model_and_bytes(model: DeployModel | bytes) -> tuple[DeployModel, int]:
+    """The deploy model and its bitstream's size, from either of them."""
+    from lightning_bet.deploy.bitstream import read_bitstream, write_bitstream
+
     if isinstance(model, DeployModel):
-        from lightning_bet.deploy.bitstream import write_bitstream
+        return model, len(write_bitstream(model))
+    data = _as_bytes("model", model)
+    return read_bitstream(data), len(data)
 
-        data = write_bitstream(model)
+
+def _stored_bytes(layer: DeployConv | DeployLayer) -> tuple[int, int]:
+    """``(weight bytes, threshold + direction bytes)`` of one layer's section (FORMAT.md)."""
+    if isinstance(layer, DeployConv):  # one bit vector of all kernels; one threshold per channel
+        weights = 4 * ((layer.weight.size + 31) // 32)
+        neurons = layer.weight.shape[0]
     else:
-        data = _as_bytes("model", model)
-    from lightning_bet.deploy.bitstream import parse_bitstream
-
-    packed = parse_bitstream(data)
-    return [(layer.out_features, layer.in_features) for layer in packed.layers], len(data)
+        weights = 4 * layer.out_features * ((layer.in_features + 31) // 32)
+        neurons = 0 if layer.threshold is None else layer.out_features
+    return weights, 4 * neurons + 4 * ((neurons + 31) // 32)
 
 
 def footprint(
@@ -505,12 +520,14 @@ def footprint(
         107204
 
     """
-    shapes, bitstream_bytes = _model_shapes(model)
-    weights = sum(4 * out * ((n + 31) // 32) for out, n in shapes)
-    thresholds = sum(4 * out + 4 * ((out + 31) // 32) for out, _ in shapes[:-1])
-    max_hidden = max((out for out, _ in shapes[:-1]), default=0)
-    scratch = 4 * (2 * ((max_hidden + 31) // 32) + 1)
-    logits = 4 * shapes[-1][0]
+    from lightning_bet.deploy.c_header import scratch_layout
+
+    deployed, bitstream_bytes = _model_and_bytes(model)
+    stored = [_stored_bytes(layer) for layer in deployed.layers]
+    weights = sum(w for w, _ in stored)
+    thresholds = sum(t for _, t in stored)
+    scratch = 4 * scratch_layout(deployed)["scratch_words"]
+    logits = 4 * deployed.num_classes
     cc = compiler()
     folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -528,7 +545,7 @@ def footprint(
         "model_struct": sizes["model_struct"],
         "ram": scratch + logits + sizes["model_struct"] + sizes["bss"],
         "stack": sizes["stack"],
-        "input": shapes[0][1],
+        "input": deployed.in_features,
         "compiler": Path(cc).name,
         "cflags": " ".join(cflags),
     }
