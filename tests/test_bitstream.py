@@ -202,7 +202,7 @@ def test_reader_errors_are_specific():
     data = _tiny()
     cases = [
         (b"XBET" + data[4:], "magic b'XBET'"),
-        (bytes(_patch(data, 4, "<H", 2)), "Unsupported bitstream version 2"),
+        (bytes(_patch(data, 4, "<H", 3)), "Unsupported bitstream version 3"),
         (data[:20], "shorter than the 48-byte header"),
         (data[:-1], "header says 456 bytes, but got 455"),
         (data + b"\0", "Trailing data"),
