@@ -31,6 +31,7 @@ __all__ = [
     "HOST_CFLAGS",
     "ILP32_CFLAGS",
     "MCU_MACHINES",
+    "REFERENCE_CNNS",
     "REFERENCE_FCNNS",
     "RUNTIME_SOURCES",
     "BetRuntimeError",
@@ -557,6 +558,13 @@ REFERENCE_FCNNS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
     "FashionMNIST FCNN 784-2048-2048-10": ((1, 28, 28), (2048, 2048), 255),
 }
 
+#: The reference CNNs: (input shape, channels of the ``C-MP`` stages, dense widths, levels); 3x3
+#: convolutions with padding 1, 2x2 max-pool before BatchNorm (``lightning_bet.models``).
+REFERENCE_CNNS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]] = {
+    "digits CNN C32-MP-C64-MP-FC10": ((1, 8, 8), (32, 64), (), 16),
+    "FashionMNIST VGG3 C64-MP-C64-MP-FC2048-FC10": ((1, 28, 28), (64, 64), (2048,), 255),
+}
+
 #: Flags approximating a 32-bit microcontroller build with the host compiler.
 ILP32_CFLAGS = ("-std=c99", "-Os", "-m32", "-ffreestanding")
 
@@ -564,7 +572,9 @@ ILP32_CFLAGS = ("-std=c99", "-Os", "-m32", "-ffreestanding")
 def reference_footprints(
     cflags: Sequence[str] = ILP32_CFLAGS, cache_dir: str | os.PathLike | None = None
 ) -> dict[str, dict[str, int | str]]:
-    """:func:`footprint` of each network of :data:`REFERENCE_FCNNS` (sizes depend on shapes only).
+    """:func:`footprint` of each network of :data:`REFERENCE_FCNNS` and :data:`REFERENCE_CNNS`.
+
+    Sizes depend on the shapes only (the networks are untrained).
 
     Args:
         cflags: flags of the code-size build (default :data:`ILP32_CFLAGS`).
@@ -575,15 +585,19 @@ def reference_footprints(
 
     """
     from lightning_bet.deploy.fold import to_deploy
-    from lightning_bet.models import build_model
+    from lightning_bet.models import _vgg, build_model
 
-    return {
-        name: footprint(
-            to_deploy(build_model("fcnn", shape, 10, hidden), levels),
-            cflags=cflags,
-            cache_dir=cache_dir,
-        )
+    networks = {
+        name: (build_model("fcnn", shape, 10, hidden), levels)
         for name, (shape, hidden, levels) in REFERENCE_FCNNS.items()
+    }
+    networks.update(
+        (name, (_vgg(shape, [[c] for c in channels], dense, 10, False), levels))
+        for name, (shape, channels, dense, levels) in REFERENCE_CNNS.items()
+    )
+    return {
+        name: footprint(to_deploy(net, levels), cflags=cflags, cache_dir=cache_dir)
+        for name, (net, levels) in networks.items()
     }
 
 
