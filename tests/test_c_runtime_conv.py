@@ -136,6 +136,15 @@ def test_vgg3_fashion_shape_agrees_on_random_q255_images(vgg3_fashion):
     assert len(np.unique(preds)) > 3  # not a constant network
 
 
+@needs_mcu
+def test_emulated_cortex_m4_runs_the_vgg3_fashion_shape(vgg3_fashion):
+    q = np.random.default_rng(3).integers(0, 256, size=(3, 1, 28, 28), dtype=np.int64)
+    preds, logits = run_mcu_emulated(write_bitstream(vgg3_fashion), q)  # 819 KB in code memory
+    expected = deploy_forward(vgg3_fashion, torch.from_numpy(q)).numpy()
+    np.testing.assert_array_equal(logits, expected)
+    np.testing.assert_array_equal(preds, first_argmax(expected))
+
+
 # ----------------------------------------------------------------------------------------------
 # the trained digits CNN C32-MP-C64-MP-FC10: host C and an emulated Cortex-M
 
