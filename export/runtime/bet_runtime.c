@@ -237,7 +237,7 @@ static bet_status bet_parse_table(bet_model *m, const uint8_t *blob, uint32_t fi
         uint32_t section_offset = bet_le32(e + 20);
         uint32_t section_size = bet_le32(e + 24);
         uint32_t room = file_size - 4u - offset; /* offset <= file_size - 4 holds here */
-        uint32_t weight_bytes, extra, expected, thresholds;
+        uint32_t weight_bytes, extra, expected, thresholds = out;
         int is_output = l + 1u == m->num_layers;
         int is_conv = kind == BET_KIND_CONV;
         /* conv layers first (v2 only), then hidden dense layers, then the output layer */
@@ -259,14 +259,13 @@ static bet_status bet_parse_table(bet_model *m, const uint8_t *blob, uint32_t fi
                      : words != BET_WORDS(in))) {
             return BET_ERR_LAYOUT;
         }
-        /* weights: out rows of `words` (dense) or `words` for the whole layer (conv) */
-        c.c_out = 1u;
-        if (is_conv) {
+        if (is_conv) { /* one threshold and direction per output channel */
             bet_conv_read(e + 28, &c);
+            thresholds = c.c_out;
         }
-        thresholds = is_conv ? c.c_out : out;
-        /* section size without overflow: every part must fit in the remaining bytes */
-        if ((is_conv ? words > room / 4u : out > room / 4u / words)) {
+        /* section size without overflow: every part must fit in the remaining bytes; weights
+           are `out` rows of `words` (dense) or `words` for the whole layer (conv) */
+        if (is_conv ? words > room / 4u : out > room / 4u / words) {
             return BET_ERR_LAYOUT;
         }
         weight_bytes = is_conv ? 4u * words : 4u * out * words;

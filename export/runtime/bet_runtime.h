@@ -49,7 +49,7 @@ extern "C" {
  *   - `conv_channels` int32 words for the per-channel running maxima of a convolutional layer
  *     (its largest C_out);
  *   - one word, so that a model without hidden layers still gets a non-empty array.
- * Fully connected (v1) models have patch_words = conv_channels = 0.  Generated model headers
+ * Fully connected models have patch_words = conv_channels = 0.  Generated model headers
  * define <NAME>_MAX_HIDDEN, <NAME>_PATCH_WORDS, <NAME>_CONV_CHANNELS and <NAME>_SCRATCH_WORDS.
  */
 #define BET_SCRATCH_WORDS_CONV(max_hidden, patch_words, conv_channels) \

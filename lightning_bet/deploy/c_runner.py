@@ -266,7 +266,7 @@ def run_c(
     """Classify samples with the C runtime.
 
     Args:
-        bitstream: a format-v1 bitstream.
+        bitstream: a bitstream (format v1 or v2).
         q: ``(N, in_features)`` or ``(N, *input_shape)`` integer pixels in ``[0, 255]`` (numpy
             array or tensor; the bitstream's ``input_levels`` bounds meaningful values).
         check_crc: verify every CRC (``False`` runs a deliberately faulted file as stored).
@@ -316,7 +316,7 @@ def evaluate_bitstreams_c(
     ``lightning_bet.deploy.emulate``) are all evaluated by one ``bet_host accuracy`` call.
 
     Args:
-        bitstreams: format-v1 bitstreams with the same input size.
+        bitstreams: bitstreams (format v1 or v2) with the same input size.
         q: ``(N, in_features)`` or ``(N, *input_shape)`` integer pixels in ``[0, 255]``.
         y: ``(N,)`` integer labels in ``[0, 255]``.
         check_crc: verify every CRC; pass ``False`` for files whose bits were faulted without
@@ -655,7 +655,7 @@ def run_mcu_emulated(
     as a constant array; it runs on the QEMU MPS2 board of ``cpu``.
 
     Args:
-        bitstream: a format-v1 bitstream (at most a few MiB: it is linked into code memory).
+        bitstream: a bitstream, v1 or v2 (at most a few MiB: it is linked into code memory).
         q: ``(N, in_features)`` or ``(N, *input_shape)`` integer pixels in ``[0, 255]``.
         cpu: a key of :data:`MCU_MACHINES`.
         cflags: extra flags for ``arm-none-eabi-gcc`` (after ``-mcpu=<cpu> -mthumb``).
