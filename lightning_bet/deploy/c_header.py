@@ -22,9 +22,14 @@ import re
 import shutil
 from pathlib import Path
 
-from lightning_bet.deploy.bitstream import read_bitstream, write_bitstream
+from lightning_bet.deploy.bitstream import (
+    PackedModel,
+    pack_model,
+    parse_bitstream,
+    write_bitstream,
+)
 from lightning_bet.deploy.c_runner import RUNTIME_SOURCES, runtime_dir
-from lightning_bet.deploy.model import DeployConv, DeployModel
+from lightning_bet.deploy.model import DeployModel
 
 __all__ = ["c_array", "render_header", "scratch_layout", "write_c_package"]
 
@@ -46,7 +51,7 @@ def _words(bits: int) -> int:
     return (bits + 31) // 32
 
 
-def scratch_layout(model: DeployModel) -> dict[str, int]:
+def scratch_layout(model: DeployModel | PackedModel) -> dict[str, int]:
     """Scratch words ``bet_predict`` needs for ``model`` (``BET_SCRATCH_WORDS_CONV``).
 
     The scratch is two ping-pong bit buffers for the widest hidden output (a convolutional
@@ -55,7 +60,7 @@ def scratch_layout(model: DeployModel) -> dict[str, int]:
     first layer), ``C_out`` int32 running maxima for max-pooling, and one word.
 
     Args:
-        model: the deploy-mode network.
+        model: the deploy-mode network, or its packed form (``parse_bitstream``).
 
     Returns:
         ``{"max_hidden", "activation_words", "patch_words", "conv_channels",
@@ -63,18 +68,18 @@ def scratch_layout(model: DeployModel) -> dict[str, int]:
         conv_channels + 1``, what ``bet_scratch_words`` returns for the model's bitstream.
 
     Example:
-        >>> net = build_model("fcnn", (1, 8, 8), 10, (16,))
+        >>> net = build_model("fcnn", (1, 8, 8), 10, (16,))  # doctest: +SKIP
         >>> scratch_layout(to_deploy(net, 16))["scratch_words"]  # doctest: +SKIP
         3
 
     """
-    hidden = model.layers[:-1]
+    packed = model if isinstance(model, PackedModel) else pack_model(model)
+    hidden = packed.layers[:-1]
     max_hidden = max((layer.out_features for layer in hidden), default=0)
-    convs = [layer for layer in hidden if isinstance(layer, DeployConv)]
-    patch = max(
-        (2 * _words(c.fan_in) if c.binary_input else -(-c.fan_in // 4) for c in convs), default=0
-    )
-    channels = max((c.weight.shape[0] for c in convs), default=0)
+    convs = [layer for layer in hidden if layer.is_conv]
+    fans = [(c.in_shape[0] * c.kernel**2, c.binary_input) for c in convs]
+    patch = max((2 * _words(n) if binary else -(-n // 4) for n, binary in fans), default=0)
+    channels = max((c.out_channels for c in convs), default=0)
     return {
         "max_hidden": max_hidden,
         "activation_words": _words(max_hidden),
@@ -84,16 +89,16 @@ def scratch_layout(model: DeployModel) -> dict[str, int]:
     }
 
 
-def _describe(model: DeployModel) -> str:
+def _describe(packed: PackedModel) -> str:
     """``FCNN 64-256-10`` or ``CNN C32k3p1-MP2-C64k3p1-MP2-10`` (stride shown when not 1)."""
-    if not model.has_conv:
-        widths = [model.layers[0].in_features] + [layer.out_features for layer in model.layers]
+    if not packed.has_conv:
+        widths = [packed.layers[0].in_features] + [layer.out_features for layer in packed.layers]
         return "FCNN " + "-".join(map(str, widths))
     parts = []
-    for layer in model.layers:
-        if isinstance(layer, DeployConv):
+    for layer in packed.layers:
+        if layer.is_conv:
             stride = f"s{layer.stride}" if layer.stride != 1 else ""
-            parts.append(f"C{layer.weight.shape[0]}k{layer.kernel_size}{stride}p{layer.padding}")
+            parts.append(f"C{layer.out_channels}k{layer.kernel}{stride}p{layer.padding}")
             parts += [f"MP{layer.pool}"] if layer.pool > 1 else []
         else:
             parts.append(str(layer.out_features))
@@ -119,7 +124,7 @@ def render_header(bitstream: bytes, name: str = "model") -> str:
     """The text of ``<name>.h`` for a (validated) bitstream.
 
     Args:
-        bitstream: a bitstream, v1 or v2 (validated with ``read_bitstream``).
+        bitstream: a bitstream, v1 or v2 (validated with ``parse_bitstream``).
         name: a C identifier; prefixes the array (``<name>_bet``), its length
             (``<name>_bet_len``) and the macros (``<NAME>_...``).
 
@@ -135,18 +140,17 @@ def render_header(bitstream: bytes, name: str = "model") -> str:
         raise ValueError(f"Expected `name` to be a C identifier, but got {name!r}")
     if name == "bet_runtime":
         raise ValueError("Expected `name` not to be 'bet_runtime' (the runtime's own header)")
-    model = read_bitstream(bitstream)
+    packed = parse_bitstream(bitstream)
     upper = name.upper()
-    layers = model.layers
-    scratch = scratch_layout(model)
+    layers = packed.layers
+    scratch = scratch_layout(packed)
     shapes = ", ".join(f"{{{layer.out_features}, {layer.in_features}}}" for layer in layers)
-    shape_text = "x".join(str(s) for s in model.input_shape) or "not recorded"
-    version = int.from_bytes(bitstream[4:6], "little")
+    shape_text = "x".join(str(s) for s in packed.input_shape) or "not recorded"
     defines = [
         ("NUM_LAYERS", f"{len(layers)}u", "hidden layers + the output layer"),
         ("NUM_INPUTS", f"{layers[0].in_features}u", "uint8 pixels per sample"),
         ("NUM_CLASSES", f"{layers[-1].out_features}u", "int32 logits per sample"),
-        ("INPUT_LEVELS", f"{model.input_levels}u", "pixels q in [0, INPUT_LEVELS]"),
+        ("INPUT_LEVELS", f"{packed.input_levels}u", "pixels q in [0, INPUT_LEVELS]"),
         ("MAX_HIDDEN", f"{scratch['max_hidden']}u", "widest hidden output (conv: C*H*W bits)"),
         ("PATCH_WORDS", f"{scratch['patch_words']}u", "largest conv im2col patch, in words"),
         ("CONV_CHANNELS", f"{scratch['conv_channels']}u", "largest conv C_out (int32 maxima)"),
@@ -158,7 +162,7 @@ def render_header(bitstream: bytes, name: str = "model") -> str:
         ("BET_LEN", f"{len(bitstream)}u", "bytes of the bitstream"),
     ]
     lines = [
-        f"/* {name}.h: lightning-bet bitstream v{version}, {_describe(model)}, input shape "
+        f"/* {name}.h: lightning-bet bitstream v{packed.version}, {_describe(packed)}, input shape "
         f"{shape_text}.",
         " * Generated by lightning_bet.deploy.c_header; do not edit. Include it in ONE .c file",
         " * (the array is static); compile bet_runtime.c with it. See export/RUNTIME.md. */",
@@ -226,12 +230,12 @@ def write_c_package(
     sources = []
     for source in RUNTIME_SOURCES:
         sources.append(Path(shutil.copyfile(source_dir / source, folder / source)))
-    deployed = read_bitstream(bitstream)
+    packed = parse_bitstream(bitstream)
     return {
         "header": header,
         "sources": sources,
         "bitstream_bytes": len(bitstream),
         "header_bytes": header.stat().st_size,
-        **scratch_layout(deployed),
-        "layers": [(layer.out_features, layer.in_features) for layer in deployed.layers],
+        **scratch_layout(packed),
+        "layers": [(layer.out_features, layer.in_features) for layer in packed.layers],
     }

@@ -22,10 +22,14 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
+from lightning_bet.deploy.model import DeployModel
+
+if TYPE_CHECKING:
+    from lightning_bet.deploy.bitstream import PackedModel
 
 __all__ = [
     "HOST_CFLAGS",
@@ -465,25 +469,12 @@ def _object_sizes(cc: str, cflags: Sequence[str], cache_dir: Path) -> dict[str, 
     }
 
 
-def _model_and_bytes(model: DeployModel | bytes) -> tuple[DeployModel, int]:
-    """The deploy model and its bitstream's size, from either of them."""
-    from lightning_bet.deploy.bitstream import read_bitstream, write_bitstream
+def _packed(model: DeployModel | bytes) -> tuple[PackedModel, int]:
+    """The packed model (as stored) and its bitstream's size, from a model or its bitstream."""
+    from lightning_bet.deploy.bitstream import parse_bitstream, write_bitstream
 
-    if isinstance(model, DeployModel):
-        return model, len(write_bitstream(model))
-    data = _as_bytes("model", model)
-    return read_bitstream(data), len(data)
-
-
-def _stored_bytes(layer: DeployConv | DeployLayer) -> tuple[int, int]:
-    """``(weight bytes, threshold + direction bytes)`` of one layer's section (FORMAT.md)."""
-    if isinstance(layer, DeployConv):  # one bit vector of all kernels; one threshold per channel
-        weights = 4 * ((layer.weight.size + 31) // 32)
-        neurons = layer.weight.shape[0]
-    else:
-        weights = 4 * layer.out_features * ((layer.in_features + 31) // 32)
-        neurons = 0 if layer.threshold is None else layer.out_features
-    return weights, 4 * neurons + 4 * ((neurons + 31) // 32)
+    data = write_bitstream(model) if isinstance(model, DeployModel) else _as_bytes("model", model)
+    return parse_bitstream(data), len(data)
 
 
 def footprint(
@@ -523,12 +514,13 @@ def footprint(
     """
     from lightning_bet.deploy.c_header import scratch_layout
 
-    deployed, bitstream_bytes = _model_and_bytes(model)
-    stored = [_stored_bytes(layer) for layer in deployed.layers]
-    weights = sum(w for w, _ in stored)
-    thresholds = sum(t for _, t in stored)
-    scratch = 4 * scratch_layout(deployed)["scratch_words"]
-    logits = 4 * deployed.num_classes
+    packed, bitstream_bytes = _packed(model)
+    weights = sum(layer.weight_words.nbytes for layer in packed.layers)
+    thresholds = sum(
+        layer.threshold.nbytes + layer.direction_words.nbytes for layer in packed.layers[:-1]
+    )
+    scratch = 4 * scratch_layout(packed)["scratch_words"]
+    logits = 4 * packed.layers[-1].out_features
     cc = compiler()
     folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -546,7 +538,7 @@ def footprint(
         "model_struct": sizes["model_struct"],
         "ram": scratch + logits + sizes["model_struct"] + sizes["bss"],
         "stack": sizes["stack"],
-        "input": deployed.in_features,
+        "input": packed.layers[0].in_features,
         "compiler": Path(cc).name,
         "cflags": " ".join(cflags),
     }
