@@ -22,18 +22,22 @@ from lightning_bet.data.digits import load_digits_splits
 from lightning_bet.deploy.bitstream import BitstreamError, parse_bitstream, write_bitstream
 from lightning_bet.deploy.c_header import scratch_layout, write_c_package
 from lightning_bet.deploy.c_runner import (
+    HOST_CFLAGS,
     BetStatus,
     build_host,
     check_bitstream_c,
+    compiler,
     footprint,
     run_c,
     run_mcu_emulated,
+    runtime_dir,
 )
 from lightning_bet.deploy.fold import DeployModule, deploy_forward, to_deploy
 from lightning_bet.deploy.model import DeployConv, DeployModel
 from lightning_bet.layers import clip_latent_weights_
 from lightning_bet.models import build_model
 from tests.test_c_runtime import (
+    STRICT,
     _flip,
     _refreshed,
     _with_entry,
@@ -322,3 +326,37 @@ def test_footprint_of_the_digits_cnn(tmp_path):
     assert report["format_overhead"] == 48 + 3 * 48 + 4 + 3 * 4 + 4
     assert report["bitstream"] == len(write_bitstream(model))
     assert report["scratch"] == 4 * (2 * 16 + 18 + 64 + 1) and report["input"] == 64
+
+
+def test_dense_only_build_drops_the_conv_code_and_refuses_conv_layers(tmp_path):
+    source = runtime_dir() / "bet_runtime.c"
+    sizes = []
+    for flags in ((), ("-DBET_NO_CONV",)):
+        obj = tmp_path / "r.o"
+        subprocess.run([compiler(), *STRICT, "-Os", *flags, "-c", source, "-o", obj], check=True)
+        table = subprocess.run(["size", obj], capture_output=True, text=True, check=True).stdout
+        sizes.append(int(table.splitlines()[1].split()[0]))  # text bytes
+    assert sizes[1] < sizes[0] - 1500, sizes  # the convolution path is gone
+    host = build_host(tmp_path, cflags=(*HOST_CFLAGS, "-DBET_NO_CONV"))
+    torch.manual_seed(7)
+    (tmp_path / "conv.bet").write_bytes(write_bitstream(to_deploy(conv_net(), 16)))
+    info = subprocess.run([host, "info", tmp_path / "conv.bet"], capture_output=True, text=True)
+    assert info.returncode == 1 and info.stdout.startswith(f"status {BetStatus.ERR_LAYOUT.value} ")
+    net = build_model("fcnn", (1, 8, 8), 10, (33,)).eval()
+    randomize_batchnorm_(net, torch.Generator().manual_seed(7))
+    model = to_deploy(net, 16)
+    q = np.random.default_rng(7).integers(0, 17, size=(50, 64), dtype=np.uint8)
+    q.tofile(tmp_path / "q.u8")
+    expected = deploy_forward(model, torch.from_numpy(q.astype(np.int64))).numpy()
+    for version in (1, 2):  # a dense network in either format still runs
+        (tmp_path / "m.bet").write_bytes(write_bitstream(model, version=version))
+        args = [
+            host,
+            "predict",
+            tmp_path / "m.bet",
+            tmp_path / "q.u8",
+            tmp_path / "p",
+            tmp_path / "l",
+        ]
+        subprocess.run(args, check=True)
+        np.testing.assert_array_equal(np.fromfile(tmp_path / "l", "<i4").reshape(50, 10), expected)

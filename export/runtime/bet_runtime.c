@@ -118,6 +118,13 @@ const char *bet_status_str(bet_status status)
 #define BET_KIND_OUTPUT 2u
 #define BET_KIND_CONV 3u
 #define BET_LAYER_BINARY_INPUT 1u
+/* BET_NO_CONV builds a dense-only runtime (v2 files with conv layers get BET_ERR_LAYOUT): the
+   convolution code is then dead and the compiler drops it (about 2 KB on a Cortex-M). */
+#ifdef BET_NO_CONV
+#define BET_CONV 0
+#else
+#define BET_CONV 1
+#endif
 /* Largest first-layer fan-in whose uint8 accumulation cannot overflow int32: n * 255 < 2^31. */
 #define BET_MAX_PIXEL_FAN_IN (0x7FFFFFFFu / 255u)
 
@@ -239,7 +246,7 @@ static bet_status bet_parse_table(bet_model *m, const uint8_t *blob, uint32_t fi
         uint32_t room = file_size - 4u - offset; /* offset <= file_size - 4 holds here */
         uint32_t weight_bytes, extra, expected, thresholds = out;
         int is_output = l + 1u == m->num_layers;
-        int is_conv = kind == BET_KIND_CONV;
+        int is_conv = BET_CONV && kind == BET_KIND_CONV;
         /* conv layers first (v2 only), then hidden dense layers, then the output layer */
         int kind_ok = is_output ? kind == BET_KIND_OUTPUT
                                 : kind == BET_KIND_HIDDEN ||
@@ -247,6 +254,9 @@ static bet_status bet_parse_table(bet_model *m, const uint8_t *blob, uint32_t fi
                                        (l == 0u || m->layers[l - 1u].is_conv));
         const bet_layer *prev_conv = l > 0u && m->layers[l - 1u].is_conv ? layer - 1 : NULL;
         bet_conv c;
+        if (!BET_CONV && kind == BET_KIND_CONV) {
+            return BET_ERR_LAYOUT;
+        }
         /* reserved: v1 entry bytes 28..31, v2 dense entry bytes 28..47 (the conv fields) */
         if ((lflags & ~BET_LAYER_BINARY_INPUT) != 0u ||
             (!is_conv && !bet_zero_bytes(e + 28, entry_size - 28u))) {
@@ -396,7 +406,7 @@ bet_status bet_model_init_ex(bet_model *m, const uint8_t *blob, size_t len, uint
     m->num_classes = m->layers[m->num_layers - 1u].out_features;
     /* the pixel layer's fan-in n0 (conv: C_in k k): n0 * 255 and n0 * Lq + 1 fit int32 */
     fan0 = m->num_inputs;
-    if (m->layers[0].is_conv) {
+    if (BET_CONV && m->layers[0].is_conv) {
         bet_conv c;
         bet_conv_read(m->layers[0].geometry, &c);
         fan0 = c.fan_in;
@@ -444,7 +454,7 @@ bet_status bet_model_init_ex(bet_model *m, const uint8_t *blob, size_t len, uint
         const bet_layer *layer = &m->layers[l];
         uint32_t j, rows = layer->out_features, bits = layer->in_features;
         uint32_t neurons = layer->out_features;
-        if (layer->is_conv) { /* one bit vector; one threshold and direction per channel */
+        if (BET_CONV && layer->is_conv) { /* one bit vector; a threshold and direction a channel */
             bet_conv c;
             bet_conv_read(layer->geometry, &c);
             rows = 1u;
@@ -734,7 +744,7 @@ int32_t bet_predict(const bet_model *m, const uint8_t *pixels, int32_t *logits_o
     if (m == NULL || pixels == NULL || scratch == NULL || m->num_layers == 0u) {
         return -1;
     }
-    if (!m->layers[0].is_conv) { /* a dense first layer uses the pixel sum */
+    if (!(BET_CONV && m->layers[0].is_conv)) { /* a dense first layer uses the pixel sum */
         for (i = 0; i < m->num_inputs; ++i) {
             total += (int32_t)pixels[i];
         }
@@ -746,7 +756,7 @@ int32_t bet_predict(const bet_model *m, const uint8_t *pixels, int32_t *logits_o
         const bet_layer *layer = &m->layers[l];
         uint32_t *out = buffers[l & 1u];
         uint32_t word = 0u;
-        if (layer->is_conv) {
+        if (BET_CONV && layer->is_conv) {
             /* patch after the two buffers, then the int32 maxima (same-width integer type) */
             bet_conv_forward(layer, pixels, x, out, scratch + 2u * half,
                              (int32_t *)(scratch + 2u * half + m->patch_words));
