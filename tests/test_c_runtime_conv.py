@@ -16,6 +16,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from lightning_bet.data.digits import load_digits_splits
@@ -33,7 +35,7 @@ from lightning_bet.deploy.c_runner import (
     runtime_dir,
 )
 from lightning_bet.deploy.fold import DeployModule, deploy_forward, to_deploy
-from lightning_bet.deploy.model import DeployConv, DeployModel
+from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
 from lightning_bet.layers import clip_latent_weights_
 from lightning_bet.models import build_model
 from tests.test_c_runtime import (
@@ -111,6 +113,47 @@ def test_conv_geometries_agree_at_threshold_equalities(name, levels):
     model = with_hit_thresholds(to_deploy(net, levels), q, rng)
     assert any(d == -1 for d in model.layers[0].direction)
     agrees(model, q)
+
+
+def _conv_layer(rng, in_shape, out, k, s, p, pool, binary) -> DeployConv | None:
+    """A random conv layer (zero thresholds, +1 directions), or None if the geometry is invalid."""
+    weight = rng.choice(np.array([-1, 1], np.int8), size=(out, in_shape[0], k, k))
+    zeros, ones = np.zeros(out, np.int64), np.ones(out, np.int8)
+    try:
+        return DeployConv(weight, zeros, ones, in_shape, s, p, pool, binary)
+    except ValueError:
+        return None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
+    convs=st.lists(
+        st.tuples(
+            st.integers(1, 40),
+            st.integers(1, 4),
+            st.integers(1, 3),
+            st.integers(0, 3),
+            st.integers(1, 3),
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+    levels=st.sampled_from([1, 16, 255]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_conv_geometries_agree(shape, convs, levels, seed):
+    rng = np.random.default_rng(seed)
+    layers, in_shape = [], shape
+    for out, k, s, p, pool in convs:
+        layer = _conv_layer(rng, in_shape, out, k, s, p, pool, bool(layers))
+        assume(layer is not None)
+        layers.append(layer)
+        in_shape = layer.out_shape
+    head = rng.choice(np.array([-1, 1], np.int8), size=(3, layers[-1].out_features))
+    model = DeployModel((*layers, DeployLayer(head, None, None, True)), levels, 1.0, shape)
+    q = rng.integers(0, levels + 1, size=(8, *shape), dtype=np.int64)
+    agrees(with_hit_thresholds(model, q, rng), q)
 
 
 def test_random_batchnorm_vgg_digits_agrees():
