@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
@@ -115,41 +115,33 @@ def test_conv_geometries_agree_at_threshold_equalities(name, levels):
     agrees(model, q)
 
 
-def _conv_layer(rng, in_shape, out, k, s, p, pool, binary) -> DeployConv | None:
-    """A random conv layer (zero thresholds, +1 directions), or None if the geometry is invalid."""
+def _draw_conv(data, rng, in_shape: tuple[int, int, int], binary: bool) -> DeployConv:
+    """A random conv layer of a valid geometry (zero thresholds, +1 directions)."""
+    _, height, width = in_shape
+    k = data.draw(st.integers(1, 4))
+    p = data.draw(st.integers(max(0, (k - min(height, width) + 1) // 2), k - 1))  # kernel fits
+    s = data.draw(st.integers(1, 3))
+    hc, wc = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
+    pool = data.draw(st.sampled_from([d for d in (1, 2, 3) if hc % d == 0 and wc % d == 0]))
+    out = data.draw(st.integers(1, 40))
     weight = rng.choice(np.array([-1, 1], np.int8), size=(out, in_shape[0], k, k))
     zeros, ones = np.zeros(out, np.int64), np.ones(out, np.int8)
-    try:
-        return DeployConv(weight, zeros, ones, in_shape, s, p, pool, binary)
-    except ValueError:
-        return None
+    return DeployConv(weight, zeros, ones, in_shape, s, p, pool, binary)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
+    data=st.data(),
     shape=st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
-    convs=st.lists(
-        st.tuples(
-            st.integers(1, 40),
-            st.integers(1, 4),
-            st.integers(1, 3),
-            st.integers(0, 3),
-            st.integers(1, 3),
-        ),
-        min_size=1,
-        max_size=2,
-    ),
+    depth=st.integers(1, 2),
     levels=st.sampled_from([1, 16, 255]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_random_conv_geometries_agree(shape, convs, levels, seed):
+def test_random_conv_geometries_agree(data, shape, depth, levels, seed):
     rng = np.random.default_rng(seed)
-    layers, in_shape = [], shape
-    for out, k, s, p, pool in convs:
-        layer = _conv_layer(rng, in_shape, out, k, s, p, pool, bool(layers))
-        assume(layer is not None)
-        layers.append(layer)
-        in_shape = layer.out_shape
+    layers = [_draw_conv(data, rng, shape, False)]
+    for _ in range(depth - 1):
+        layers.append(_draw_conv(data, rng, layers[-1].out_shape, True))
     head = rng.choice(np.array([-1, 1], np.int8), size=(3, layers[-1].out_features))
     model = DeployModel((*layers, DeployLayer(head, None, None, True)), levels, 1.0, shape)
     q = rng.integers(0, levels + 1, size=(8, *shape), dtype=np.int64)
