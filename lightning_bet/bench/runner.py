@@ -30,6 +30,8 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
     "bitstream_size": [
         ("vs_float32_state_dict", "float32 state_dict bytes / bitstream bytes", ">= 30"),
         ("vs_information_bound", "bitstream payload / information bound", "<= 1.01"),
+        ("digits_cnn_vs_information_bound", "digits CNN payload / information bound", "<= 1.01"),
+        ("vgg3_fashion_mnist_vs_information_bound", "VGG3 payload / information bound", "<= 1.01"),
     ],
     "c_kernel": [("fraction_of_peak", "C kernel / popcount peak", ">= 0.50")],
 }

@@ -1,1 +1,1 @@
-"""Host side of the edge export: deploy mode, bitstream v1, interpreters, C and TFLite writers."""
+"""Host side of the edge export: deploy mode, bitstreams v1/v2, interpreters, C and TFLite."""

@@ -212,7 +212,7 @@ class PackedLayer:
 
     @property
     def words_per_row(self) -> int:
-        """``ceil(in_features / 32)`` (dense layers)."""
+        """``ceil(in_features / 32)``: the words of one row of a dense layer."""
         return _words(self.in_features)
 
     @property
@@ -729,8 +729,9 @@ def parse_bitstream(data: bytes | bytearray | memoryview) -> PackedModel:
             raise BitstreamError(f"Section CRC mismatch: {where} is corrupted")
         weights = np.frombuffer(data, "<u4", math.prod(weight_shape), offset)
         weights = weights.reshape(weight_shape)
-        count = math.prod((units, extra[1], extra[4], extra[4]) if geometry else (out, n))
-        if not _padding_is_zero(weights, count if geometry else n):
+        # bits in the (last) word: the layer's C_out C_in k k kernel bits, or a row's n weights
+        row_bits = units * extra[1] * extra[4] ** 2 if geometry else n
+        if not _padding_is_zero(weights, row_bits):
             raise BitstreamError(f"Invalid weights: {where} has non-zero padding bits")
         threshold = direction = None
         if hidden:

@@ -1,7 +1,7 @@
 """``lightning-bet export`` and ``lightning-bet emulate`` (dispatched by ``lightning_bet.cli``).
 
-``export``: checkpoint + recipe -> ``model.bet`` (bitstream v1), ``model.h`` + C runtime sources
-(when ``lightning_bet.deploy.c_header`` is available), ``model.tflite`` (when
+``export``: checkpoint + recipe -> ``model.bet`` (bitstream v1; v2 for a CNN), ``model.h`` + C
+runtime sources (when ``lightning_bet.deploy.c_header`` is available), ``model.tflite`` (when
 ``lightning_bet.deploy.tflite_export`` is available) and ``manifest.json`` (shapes, sizes,
 sha256 of every file, deploy-mode test accuracy and how often each backend agrees with deploy
 mode on the test set).
@@ -25,7 +25,7 @@ import torch
 
 from lightning_bet._validation import is_positive_int
 from lightning_bet.cli import load_checkpoint, make_cli_quietly
-from lightning_bet.deploy.bitstream import FORMAT_VERSION, read_bitstream, write_bitstream
+from lightning_bet.deploy.bitstream import format_version, read_bitstream, write_bitstream
 from lightning_bet.deploy.emulate import emulate
 from lightning_bet.deploy.fold import deploy_forward, to_deploy
 from lightning_bet.deploy.interpreter import run_bitstream
@@ -93,7 +93,7 @@ def _agreement(logits: np.ndarray | None, reference: np.ndarray) -> float | None
 def export_model(
     ckpt: str | os.PathLike, config: str | os.PathLike, out_dir: str | os.PathLike
 ) -> dict[str, Any]:
-    """Export a trained fully connected BNN and check every backend against deploy mode.
+    """Export a trained BNN (dense or convolutional) and check every backend against deploy mode.
 
     Args:
         ckpt: the checkpoint.
@@ -140,19 +140,25 @@ def export_model(
             "lightning_bet.deploy.tflite_export is not available: no TFLite", stacklevel=2
         )
     else:
-        write_tflite(model, out / "model.tflite")
-        files.append(out / "model.tflite")
-        run_tflite = _optional("lightning_bet.deploy.tflite_export", "run_tflite")
-        if run_tflite is not None:
-            try:
-                _, tflite_logits = run_tflite((out / "model.tflite").read_bytes(), q.numpy())
-            except (ImportError, RuntimeError, OSError) as error:  # no TFLite runtime
-                warnings.warn(f"TFLite model not evaluated: {error}", stacklevel=2)
+        try:
+            write_tflite(model, out / "model.tflite")
+        except ValueError as error:  # a TFLite writer without convolutional layers
+            if not model.has_conv:
+                raise
+            warnings.warn(f"no TFLite export of this CNN: {error}", stacklevel=2)
+        else:
+            files.append(out / "model.tflite")
+            run_tflite = _optional("lightning_bet.deploy.tflite_export", "run_tflite")
+            if run_tflite is not None:
+                try:
+                    _, tflite_logits = run_tflite((out / "model.tflite").read_bytes(), q.numpy())
+                except (ImportError, RuntimeError, OSError) as error:  # no TFLite runtime
+                    warnings.warn(f"TFLite model not evaluated: {error}", stacklevel=2)
 
     labels = y.numpy()
     deploy_pred = reference.argmax(1)
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version(model),
         "checkpoint": str(ckpt),
         "config": str(config),
         "input_shape": list(model.input_shape),
@@ -185,7 +191,7 @@ def export_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     parser = ArgumentParser(
         prog="lightning-bet export",
-        description="Export a trained fully connected BNN: bitstream, C header, TFLite, manifest.",
+        description="Export a trained BNN: bitstream, C header, TFLite, manifest.",
     )
     parser.add_argument("--ckpt", type=str, required=True, help="checkpoint (.ckpt)")
     parser.add_argument("--config", type=str, required=True, help="the recipe it was trained with")

@@ -1,17 +1,21 @@
 """RRAM fault emulation on the packed bits of a bitstream (METHOD §2, §6, §7).
 
 Fault maps come from the shared fault core: for layer ``l`` (position in the bitstream's layer
-table, which is the order of ``binary_layers(net)`` for a fully connected BNN) and realization
-``r``, the flipped weights are
+table, which is the order of ``binary_layers(net)``: conv layers, dense hidden layers, the output
+layer) and realization ``r``, the flipped weights are
 
     ``sample_fault_indices(W_l, fault_model, make_generator(seed, key, r, l))``
 
-over the *logical* row-major ``(out, in)`` signs ``W_l``, with ``key`` the error rate ``p`` (or a
-name), exactly as the PyTorch sweep (``lightning_bet.sweep``) keys them: pass ``key=p`` (the grid
-value) to reproduce a sweep's maps for asymmetric or stuck-at fault models, whose default key is
-a name. Logical index ``k`` maps to row ``k // in``,
-column ``c = k % in``, i.e. bit ``c % 32`` of word ``c // 32`` of that row, so padding bits are
-never faulted. The faulty bitstream gets fresh CRCs, so any reader (numpy, C, ...) evaluates it.
+over the *logical* signs ``W_l`` in PyTorch's element order (row-major ``(out, in)`` for a dense
+layer, ``(C_out, C_in, k, k)`` for a convolutional one), with ``key`` the error rate ``p`` (or a
+name), exactly as the PyTorch sweep (``lightning_bet.sweep.fault_maps``) keys them: pass ``key=p``
+(the grid value) to reproduce a sweep's maps for asymmetric or stuck-at fault models, whose
+default key is a name. A flat index is a stored cell
+(:meth:`~lightning_bet.deploy.bitstream.PackedLayer.bit_positions`): dense index ``k`` is row
+``k // in``, bit ``(k % in) % 32`` of word ``(k % in) // 32`` of that row; a conv layer's kernels
+are one bit vector (format v2), so index ``e`` is bit ``e % 32`` of word ``e // 32``. Padding
+bits are never faulted, and a kernel bit is one cell shared by every output position. The faulty
+bitstream gets fresh CRCs, so any reader (numpy, C, ...) evaluates it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from lightning_bet.deploy.bitstream import (
     PackedModel,
     parse_bitstream,
     refresh_checksums,
-    unpack_rows,
 )
 from lightning_bet.deploy.interpreter import run_bitstream
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
@@ -104,7 +107,8 @@ def fault_indices(
         layers: layer indices to fault (default: all, first and last included).
 
     Returns:
-        ``{layer_index: int64 (K,) sorted flat indices into the (out, in) signs}``, on the CPU.
+        ``{layer_index: int64 (K,) sorted flat indices into the layer's signs}`` (``(out, in)``
+        or ``(C_out, C_in, k, k)``, flattened), on the CPU.
 
     """
     if not isinstance(fault_model, FaultModel):
@@ -116,8 +120,8 @@ def fault_indices(
     maps = {}
     for index in _layer_selection(layers, len(packed.layers)):
         layer = packed.layers[index]
-        # the stored values, row-major (out, in): bit 1 = -1 (only the signs of stored matter)
-        stored = torch.from_numpy(unpack_rows(layer.weight_words, layer.in_features))
+        # the stored values in PyTorch order: bit 1 = -1 (only the signs of stored matter)
+        stored = torch.from_numpy(layer.signs())
         generator = make_generator(seed, key, realization, index)
         maps[index] = sample_fault_indices(stored, fault_model, generator).cpu()
     return maps
@@ -130,7 +134,8 @@ def inject_faults(
 
     Args:
         data: a valid bitstream.
-        indices: ``{layer_index: flat indices into that layer's (out, in) weights}``.
+        indices: ``{layer_index: flat indices into that layer's weights}`` (``(out, in)`` or
+            ``(C_out, C_in, k, k)``, flattened in PyTorch order).
 
     Returns:
         The bitstream with those weight bits flipped (padding bits untouched) and every section
@@ -150,17 +155,16 @@ def inject_faults(
             )
         layer = packed.layers[index]
         k = np.asarray(flat.cpu() if isinstance(flat, Tensor) else flat, dtype=np.int64).ravel()
-        numel = layer.out_features * layer.in_features
+        numel = layer.weight_count
         if k.size and (k.min() < 0 or k.max() >= numel):
             raise ValueError(
                 f"Expected the indices of layer {index} in [0, {numel}), but got values in "
                 f"[{k.min()}, {k.max()}]"
             )
-        row, col = np.divmod(k, layer.in_features)
-        word = row * layer.words_per_row + col // 32
-        byte = layer.weight_offset + 4 * word + (col % 32) // 8
+        word, bit = layer.bit_positions(k)
+        byte = layer.weight_offset + 4 * word + bit // 8
         # XOR per occurrence: a repeated index flips back, as negating twice would
-        np.bitwise_xor.at(buffer, byte, (1 << ((col % 32) % 8)).astype(np.uint8))
+        np.bitwise_xor.at(buffer, byte, (1 << (bit % 8)).astype(np.uint8))
     return refresh_checksums(buffer.tobytes())
 
 
