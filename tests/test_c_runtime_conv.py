@@ -29,13 +29,16 @@ from lightning_bet.deploy.c_runner import (
     build_host,
     check_bitstream_c,
     compiler,
+    evaluate_bitstreams_c,
     footprint,
     run_c,
     run_mcu_emulated,
     runtime_dir,
 )
+from lightning_bet.deploy.emulate import emulate, faulty_bitstreams
 from lightning_bet.deploy.fold import DeployModule, deploy_forward, to_deploy
 from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
+from lightning_bet.functional.faults import FaultModel
 from lightning_bet.layers import clip_latent_weights_
 from lightning_bet.models import build_model
 from tests.test_c_runtime import (
@@ -227,6 +230,23 @@ def test_emulated_cortex_m_runs_the_digits_cnn_on_every_test_sample(digits_cnn_c
         preds, logits = run_mcu_emulated(blob, q, cpu=cpu, cflags=cflags)
         np.testing.assert_array_equal(logits, expected)
         np.testing.assert_array_equal(preds, first_argmax(expected))
+
+
+def test_faulty_conv_bitstreams_give_the_emulator_accuracies(digits_cnn_case):
+    """Faults on packed conv weights (lightning_bet.deploy.emulate): C and the numpy interpreter
+    give the same accuracy for every realization."""
+    model, q, y = digits_cnn_case
+    blob = write_bitstream(model)
+    clean = evaluate_bitstreams_c([blob], q, y)[0]
+    for fault_model in (
+        FaultModel(p=0.02),
+        FaultModel(p01=0.05, p10=0.01),
+        FaultModel(p=0.005, stuck_at_0=0.01, stuck_at_1=0.02),
+    ):
+        faulty = list(faulty_bitstreams(blob, fault_model, realizations=3, seed=4))
+        expected = emulate(blob, q, y, fault_model, realizations=3, seed=4).accuracies
+        np.testing.assert_array_equal(evaluate_bitstreams_c(faulty, q, y), expected)
+        assert expected.min() < clean  # the faults change predictions
 
 
 # ----------------------------------------------------------------------------------------------
