@@ -46,9 +46,10 @@ from lightning_bet.deploy.fold import deploy_forward, to_deploy
 from lightning_bet.deploy.model import DeployLayer, DeployModel
 from tests.deploy_models import random_deploy_model
 
-pytestmark = pytest.mark.skipif(
+needs_cc = pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler"
 )
+pytestmark = needs_cc
 
 STRICT = ("-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import struct
 import subprocess
 
@@ -50,15 +49,14 @@ from tests.test_c_runtime import (
     _with_table,
     first_argmax,
     fuzz_under_sanitizers,
+    needs_cc,
     needs_mcu,
     package_main_output,
 )
 from tests.test_deploy_conv import conv_net
 from tests.test_deploy_fold import randomize_batchnorm_
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler"
-)
+pytestmark = needs_cc
 
 #: conv blocks (C_out, k, stride, padding, pool), dense widths, input shape
 GEOMETRIES = {
