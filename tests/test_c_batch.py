@@ -123,3 +123,12 @@ def test_batch_path_equals_bet_predict_on_other_targets(target, tmp_path):
             assert (int(samples), int(mismatches)) == (len(q), 0), (sizes, batch, simd)
             if target == "aarch64-neon":
                 assert simd == "neon"
+
+
+def test_convolutional_models_are_refused_with_a_pointer_to_the_portable_path():
+    from lightning_bet.deploy.fold import to_deploy
+    from lightning_bet.models import build_model
+
+    net = build_model("cnn", (1, 8, 8), 10, hidden=(), channels=(4, 8)).eval()
+    with pytest.raises(ValueError, match="bet_batch_init returned 11 .* use run_c for this model"):
+        BatchRuntime(write_bitstream(to_deploy(net, 16)))

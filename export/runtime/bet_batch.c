@@ -133,11 +133,9 @@ bet_status bet_batch_init(bet_batch *b, const bet_model *m, void *workspace, siz
         if (m->layers[l].binary_input != (uint8_t)(l > 0u)) {
             return BET_ERR_LAYOUT;
         }
-#ifdef BET_KIND_CONV_LAYER
-        if (m->layers[l].is_conv) {
+        if (m->layers[l].is_conv) { /* bet_predict runs convolutional layers */
             return BET_ERR_LAYOUT;
         }
-#endif
     }
     p = bet_align(workspace);
     b->model = m;

@@ -3,7 +3,8 @@
  *
  * Usage:
  *   bet_host info [--no-crc] MODEL.bet
- *       Validate MODEL.bet; print "status <code> <name>", then the model's shapes.
+ *       Validate MODEL.bet; print "status <code> <name>", then the model's shapes: per layer
+ *       "layer <index> <out> <in> <binary_input> <is_output> <is_conv>".
  *   bet_host predict [--no-crc] MODEL.bet INPUT.u8 PREDS.i32 [LOGITS.i32]
  *       INPUT.u8 holds N samples of num_inputs uint8 pixels (row-major).  Writes N predicted
  *       classes and, optionally, N x num_classes integer logits as little-endian int32.
@@ -101,9 +102,10 @@ static int cmd_info(const char *model_path, uint32_t options)
                (unsigned long)m.input_levels, (double)m.scale,
                (unsigned long)bet_scratch_words(&m));
         for (l = 0; l < m.num_layers; ++l) {
-            printf("layer %lu %lu %lu %d %d\n", (unsigned long)l,
+            printf("layer %lu %lu %lu %d %d %d\n", (unsigned long)l,
                    (unsigned long)m.layers[l].out_features, (unsigned long)m.layers[l].in_features,
-                   (int)m.layers[l].binary_input, (int)m.layers[l].is_output);
+                   (int)m.layers[l].binary_input, (int)m.layers[l].is_output,
+                   (int)m.layers[l].is_conv);
         }
     }
     free(blob);

@@ -22,16 +22,21 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lightning_bet.deploy.model import DeployModel
 from lightning_bet.resources import resource_dir
 
+if TYPE_CHECKING:
+    from lightning_bet.deploy.bitstream import PackedModel
+
 __all__ = [
     "HOST_CFLAGS",
     "ILP32_CFLAGS",
     "MCU_MACHINES",
+    "REFERENCE_CNNS",
     "REFERENCE_FCNNS",
     "RUNTIME_SOURCES",
     "BetRuntimeError",
@@ -57,7 +62,8 @@ HOST_SOURCES = (*RUNTIME_SOURCES, "bet_host_main.c")
 HOST_CFLAGS = ("-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-O2")
 
 _HEADER_BYTES = 48
-_ENTRY_BYTES = 32
+#: layer-table entry bytes per format version (FORMAT.md); a reader rejects other versions
+_ENTRY_BYTES = {1: 32, 2: 48}
 
 
 class BetStatus(enum.IntEnum):
@@ -195,9 +201,15 @@ def _u32(data: bytes, offset: int) -> int:
     return int.from_bytes(data[offset : offset + 4], "little")
 
 
+def _entry_bytes(bitstream: bytes) -> int:
+    """Layer-table entry size of the bitstream's version (v1's for unknown versions)."""
+    version = int.from_bytes(bitstream[4:6], "little") if len(bitstream) >= 6 else 1
+    return _ENTRY_BYTES.get(version, _ENTRY_BYTES[1])
+
+
 def _declared_inputs(bitstream: bytes) -> int | None:
     """in_features of layer 0 as the layer table states it (None if the file is too short)."""
-    if len(bitstream) < _HEADER_BYTES + _ENTRY_BYTES:
+    if len(bitstream) < _HEADER_BYTES + _entry_bytes(bitstream):
         return None
     return _u32(bitstream, _HEADER_BYTES + 12)
 
@@ -205,7 +217,7 @@ def _declared_inputs(bitstream: bytes) -> int | None:
 def _declared_classes(bitstream: bytes) -> int:
     """out_features of the output layer of a bitstream the C runtime accepted."""
     last = _u32(bitstream, 12) - 1
-    return _u32(bitstream, _HEADER_BYTES + _ENTRY_BYTES * last + 8)
+    return _u32(bitstream, _HEADER_BYTES + _entry_bytes(bitstream) * last + 8)
 
 
 def _as_pixels(q: object, features: int | None) -> np.ndarray:
@@ -258,7 +270,7 @@ def run_c(
     """Classify samples with the C runtime.
 
     Args:
-        bitstream: a format-v1 bitstream.
+        bitstream: a bitstream (format v1 or v2).
         q: ``(N, in_features)`` or ``(N, *input_shape)`` integer pixels in ``[0, 255]`` (numpy
             array or tensor; the bitstream's ``input_levels`` bounds meaningful values).
         check_crc: verify every CRC (``False`` runs a deliberately faulted file as stored).
@@ -308,7 +320,7 @@ def evaluate_bitstreams_c(
     ``lightning_bet.deploy.emulate``) are all evaluated by one ``bet_host accuracy`` call.
 
     Args:
-        bitstreams: format-v1 bitstreams with the same input size.
+        bitstreams: bitstreams (format v1 or v2) with the same input size.
         q: ``(N, in_features)`` or ``(N, *input_shape)`` integer pixels in ``[0, 255]``.
         y: ``(N,)`` integer labels in ``[0, 255]``.
         check_crc: verify every CRC; pass ``False`` for files whose bits were faulted without
@@ -457,17 +469,12 @@ def _object_sizes(cc: str, cflags: Sequence[str], cache_dir: Path) -> dict[str, 
     }
 
 
-def _model_shapes(model: DeployModel | bytes) -> tuple[list[tuple[int, int]], int]:
-    if isinstance(model, DeployModel):
-        from lightning_bet.deploy.bitstream import write_bitstream
+def _packed(model: DeployModel | bytes) -> tuple[PackedModel, int]:
+    """The packed model (as stored) and its bitstream's size, from a model or its bitstream."""
+    from lightning_bet.deploy.bitstream import parse_bitstream, write_bitstream
 
-        data = write_bitstream(model)
-    else:
-        data = _as_bytes("model", model)
-    from lightning_bet.deploy.bitstream import parse_bitstream
-
-    packed = parse_bitstream(data)
-    return [(layer.out_features, layer.in_features) for layer in packed.layers], len(data)
+    data = write_bitstream(model) if isinstance(model, DeployModel) else _as_bytes("model", model)
+    return parse_bitstream(data), len(data)
 
 
 def footprint(
@@ -505,12 +512,15 @@ def footprint(
         107204
 
     """
-    shapes, bitstream_bytes = _model_shapes(model)
-    weights = sum(4 * out * ((n + 31) // 32) for out, n in shapes)
-    thresholds = sum(4 * out + 4 * ((out + 31) // 32) for out, _ in shapes[:-1])
-    max_hidden = max((out for out, _ in shapes[:-1]), default=0)
-    scratch = 4 * (2 * ((max_hidden + 31) // 32) + 1)
-    logits = 4 * shapes[-1][0]
+    from lightning_bet.deploy.c_header import scratch_layout
+
+    packed, bitstream_bytes = _packed(model)
+    weights = sum(layer.weight_words.nbytes for layer in packed.layers)
+    thresholds = sum(
+        layer.threshold.nbytes + layer.direction_words.nbytes for layer in packed.layers[:-1]
+    )
+    scratch = 4 * scratch_layout(packed)["scratch_words"]
+    logits = 4 * packed.layers[-1].out_features
     cc = compiler()
     folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -528,7 +538,7 @@ def footprint(
         "model_struct": sizes["model_struct"],
         "ram": scratch + logits + sizes["model_struct"] + sizes["bss"],
         "stack": sizes["stack"],
-        "input": shapes[0][1],
+        "input": packed.layers[0].in_features,
         "compiler": Path(cc).name,
         "cflags": " ".join(cflags),
     }
@@ -540,6 +550,13 @@ REFERENCE_FCNNS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
     "FashionMNIST FCNN 784-2048-2048-10": ((1, 28, 28), (2048, 2048), 255),
 }
 
+#: The reference CNNs: (input shape, channels of the ``C-MP`` stages, dense widths, levels); 3x3
+#: convolutions with padding 1, 2x2 max-pool before BatchNorm (``lightning_bet.models``).
+REFERENCE_CNNS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]] = {
+    "digits CNN C32-MP-C64-MP-FC10": ((1, 8, 8), (32, 64), (), 16),
+    "FashionMNIST VGG3 C64-MP-C64-MP-FC2048-FC10": ((1, 28, 28), (64, 64), (2048,), 255),
+}
+
 #: Flags approximating a 32-bit microcontroller build with the host compiler.
 ILP32_CFLAGS = ("-std=c99", "-Os", "-m32", "-ffreestanding")
 
@@ -547,7 +564,9 @@ ILP32_CFLAGS = ("-std=c99", "-Os", "-m32", "-ffreestanding")
 def reference_footprints(
     cflags: Sequence[str] = ILP32_CFLAGS, cache_dir: str | os.PathLike | None = None
 ) -> dict[str, dict[str, int | str]]:
-    """:func:`footprint` of each network of :data:`REFERENCE_FCNNS` (sizes depend on shapes only).
+    """:func:`footprint` of each network of :data:`REFERENCE_FCNNS` and :data:`REFERENCE_CNNS`.
+
+    Sizes depend on the shapes only (the networks are untrained).
 
     Args:
         cflags: flags of the code-size build (default :data:`ILP32_CFLAGS`).
@@ -558,15 +577,19 @@ def reference_footprints(
 
     """
     from lightning_bet.deploy.fold import to_deploy
-    from lightning_bet.models import build_model
+    from lightning_bet.models import _vgg, build_model
 
-    return {
-        name: footprint(
-            to_deploy(build_model("fcnn", shape, 10, hidden), levels),
-            cflags=cflags,
-            cache_dir=cache_dir,
-        )
+    networks = {
+        name: (build_model("fcnn", shape, 10, hidden), levels)
         for name, (shape, hidden, levels) in REFERENCE_FCNNS.items()
+    }
+    networks.update(
+        (name, (_vgg(shape, [[c] for c in channels], dense, 10, False), levels))
+        for name, (shape, channels, dense, levels) in REFERENCE_CNNS.items()
+    )
+    return {
+        name: footprint(to_deploy(net, levels), cflags=cflags, cache_dir=cache_dir)
+        for name, (net, levels) in networks.items()
     }
 
 
@@ -624,7 +647,7 @@ def run_mcu_emulated(
     as a constant array; it runs on the QEMU MPS2 board of ``cpu``.
 
     Args:
-        bitstream: a format-v1 bitstream (at most a few MiB: it is linked into code memory).
+        bitstream: a bitstream, v1 or v2 (at most a few MiB: it is linked into code memory).
         q: ``(N, in_features)`` or ``(N, *input_shape)`` integer pixels in ``[0, 255]``.
         cpu: a key of :data:`MCU_MACHINES`.
         cflags: extra flags for ``arm-none-eabi-gcc`` (after ``-mcpu=<cpu> -mthumb``).

@@ -39,6 +39,10 @@ int main(void)
     uint32_t i, j;
     char *p = line;
     bet_status st = bet_model_init(&net, model_bet, model_bet_len);
+    if (st == BET_OK && bet_scratch_words(&net) > MODEL_SCRATCH_WORDS) {
+        semihost_write("scratch: model.h reserves fewer words than the runtime needs\n");
+        return 1;
+    }
     p = put_int(p, (int32_t)st);
     semihost_write("status ");
     *p++ = '\n';
