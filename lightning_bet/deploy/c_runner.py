@@ -577,14 +577,14 @@ def reference_footprints(
 
     """
     from lightning_bet.deploy.fold import to_deploy
-    from lightning_bet.models import _vgg, build_model
+    from lightning_bet.models import build_model
 
     networks = {
         name: (build_model("fcnn", shape, 10, hidden), levels)
         for name, (shape, hidden, levels) in REFERENCE_FCNNS.items()
     }
     networks.update(
-        (name, (_vgg(shape, [[c] for c in channels], dense, 10, False), levels))
+        (name, (build_model("cnn", shape, 10, hidden=dense, channels=channels), levels))
         for name, (shape, channels, dense, levels) in REFERENCE_CNNS.items()
     )
     return {
