@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lightning_bet.cli import make_cli
+from lightning_bet.recipe import make_cli
 
 __all__ = ["main", "train_recipe"]
 

@@ -21,7 +21,6 @@ reference semantics.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
@@ -36,8 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_bet._arguments import float_list, make_parser, parse
 from lightning_bet._plotting import pyplot
 from lightning_bet._validation import is_probability
+from lightning_bet.checkpoints import TRUST_FLAG, load_checkpoint
 from lightning_bet.functional.binarize import sign
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
 from lightning_bet.layers import binary_layers
@@ -491,49 +492,53 @@ def fault_family(spec: str) -> Callable[[float], FaultModel]:
     )
 
 
-def _parse_float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated floats, but got {text!r}"
-        ) from exc
-
-
 def cli_main(argv: Sequence[str] | None = None) -> dict:
     """``lightning-bet sweep --ckpt CKPT --config RECIPE [--out DIR] ...``.
 
     Writes ``sweep.csv``, ``sweep.png`` (accuracy over error rate with std bands),
     ``sweep.md`` and ``sweep.json`` into ``--out`` and prints the Markdown table.
     """
-    parser = argparse.ArgumentParser(
-        prog="lightning-bet sweep",
-        description="Accuracy over weight error rate by fault injection (METHOD §6).",
-    )
+    parser = make_parser("sweep", "Accuracy over weight error rate by fault injection (METHOD §6).")
     parser.add_argument("--ckpt", required=True, help="checkpoint of the trained model")
     parser.add_argument("--config", required=True, help="the YAML recipe used for training")
+    parser.add_argument(
+        TRUST_FLAG,
+        action="store_true",
+        help="load a checkpoint that needs types outside the safe allow-list (runs pickled "
+        "code: only for files you trust)",
+    )
     parser.add_argument("--out", default="runs/sweep", help="output folder")
     parser.add_argument(
         "--error-rates",
-        type=_parse_float_list,
+        type=float_list,
         default=list(DEFAULT_ERROR_RATES),
-        help="comma-separated grid (default: METHOD §6)",
+        help="comma-separated error-rate grid (METHOD §6)",
     )
-    parser.add_argument("--realizations", "-R", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--semantics", choices=SEMANTICS, default="fixed")
+    parser.add_argument(
+        "--realizations", "-R", type=int, default=8, help="fault maps per error rate"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the fault maps")
+    parser.add_argument(
+        "--semantics",
+        choices=SEMANTICS,
+        default="fixed",
+        help="fixed: one map per realization (programming errors); per_batch: a fresh map "
+        "per batch (read errors)",
+    )
     parser.add_argument(
         "--fault",
         default="symmetric",
         help="fault family: symmetric | asymmetric:R (p10 = R p01) | stuck_at_0 | stuck_at_1",
     )
-    parser.add_argument("--split", choices=("test", "val"), default="test")
-    parser.add_argument("--batch-size", type=int, default=1000)
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    parser.add_argument(
+        "--split", choices=("test", "val"), default="test", help="which split to evaluate"
+    )
+    parser.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+    args = parse(parser, argv)
     family = fault_family(args.fault)
-    from lightning_bet.cli import load_checkpoint
-
-    module, datamodule = load_checkpoint(args.ckpt, args.config, ("--ckpt", "--config"))
+    module, datamodule = load_checkpoint(
+        args.ckpt, args.config, ("--ckpt", "--config"), trust=args.trust_checkpoint
+    )
     datamodule.setup("test")
     loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
     result = sweep(

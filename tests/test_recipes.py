@@ -48,7 +48,7 @@ def test_every_recipe_value_has_a_why_comment():
 @pytest.mark.parametrize("recipe", ALL_RECIPES)
 def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
     overrides = _data_dir_for(recipe, tmp_path, monkeypatch)
-    main(
+    status = main(
         [
             "fit",
             "--config",
@@ -64,6 +64,7 @@ def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
             "cpu",
         ]
     )
+    assert status == 0
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
