@@ -155,6 +155,7 @@ def run_validity(
             f"Expected `dataset` to be 'digits' (the embedded dataset), but got {dataset!r}"
         )
     check_positive_int("epochs", epochs)
+    check_positive_int("realizations", realizations, "an int >= 1")
     specs = list(specs) if specs is not None else default_model_set()
     if len(specs) < 3:
         raise ValueError(f"Expected at least 3 models to rank, but got {len(specs)}")

@@ -14,7 +14,7 @@ import yaml
 
 from lightning_bet.cli import main
 from lightning_bet.deploy.bitstream import BitstreamError, read_bitstream
-from lightning_bet.deploy.cli import emulate_main, export_demo, export_main
+from lightning_bet.deploy.cli import emulate_main, export_demo, export_main, export_model
 from lightning_bet.deploy.emulate import emulate
 from lightning_bet.deploy.fold import deploy_forward
 from lightning_bet.functional.faults import FaultModel
@@ -121,7 +121,7 @@ def test_export_rejects_mismatched_or_unsupported_checkpoints(tmp_path):
     torch.save({"state_dict": BNNClassifier(arch="vgg3", hidden=[16]).state_dict()}, ckpt)
     with pytest.raises(ValueError, match="convolutional networks cannot be exported"):
         export_main(["--ckpt", str(ckpt), "--config", str(vgg_recipe), "--out", str(tmp_path)])
-    with pytest.raises(FileNotFoundError, match="`ckpt` to be an existing file"):
+    with pytest.raises(FileNotFoundError, match="`--ckpt` to be an existing file"):
         export_main(["--ckpt", str(tmp_path / "none"), "--config", str(RECIPE), "--out", "x"])
 
 
@@ -153,3 +153,58 @@ def test_emulate_c_backend_matches_numpy(exported, capsys):
         pytest.skip(f"C runtime unavailable: {error}")
     numpy = emulate_main([str(out / "model.bet"), "--realizations", "2"])
     assert np.allclose(c["accuracies"], numpy["accuracies"])
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Unsupported model or an error halfway: no destination folder, no partial files."""
+    _, ckpt = trained_digits()
+    config = yaml.safe_load(RECIPE.read_text())
+    config["model"].update({"arch": "vgg3", "hidden": [16]})
+    vgg_recipe = tmp_path / "vgg.yaml"
+    vgg_recipe.write_text(yaml.safe_dump(config))
+    vgg_ckpt = tmp_path / "vgg.ckpt"
+    torch.save({"state_dict": BNNClassifier(arch="vgg3", hidden=[16]).state_dict()}, vgg_ckpt)
+    before = _entries(tmp_path)
+    with pytest.raises(ValueError, match="cannot be exported"):
+        export_model(vgg_ckpt, vgg_recipe, tmp_path / "new" / "out")
+    assert _entries(tmp_path) == before
+
+    import lightning_bet.deploy.cli as deploy_cli
+
+    def write_then_fail(data, folder):  # stands in for write_c_package
+        (Path(folder) / "model.h").write_bytes(b"half a header")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(deploy_cli, "write_bitstream", lambda model: b"LBET")
+    monkeypatch.setattr(deploy_cli, "_optional", lambda module, name: write_then_fail)
+    monkeypatch.setattr(deploy_cli, "run_bitstream", lambda data, q: None)
+    with pytest.raises(OSError, match="No space left on device"):
+        export_model(ckpt, RECIPE, tmp_path / "out")
+    assert _entries(tmp_path) == before
+    # an existing folder keeps its files untouched
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "model.bet").write_bytes(b"an older export")
+    with pytest.raises(OSError, match="No space left on device"):
+        export_model(ckpt, RECIPE, existing)
+    assert _entries(existing) == ["model.bet"]
+    assert (existing / "model.bet").read_bytes() == b"an older export"
+    assert _entries(tmp_path) == sorted([*before, "existing"])
+
+
+def test_export_into_an_existing_folder_replaces_its_files(exported, tmp_path):
+    out, manifest = exported
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "model.bet").write_bytes(b"old")
+    (target / "notes.txt").write_text("kept")
+    _, ckpt = trained_digits()
+    again = export_model(ckpt, RECIPE, target)
+    assert again["files"] == manifest["files"]
+    assert (target / "model.bet").read_bytes() == (out / "model.bet").read_bytes()
+    assert (target / "notes.txt").read_text() == "kept"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".target.partial-")]

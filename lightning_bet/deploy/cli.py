@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from lightning_bet._arguments import int_list, make_parser, parse
-from lightning_bet._validation import is_positive_int
+from lightning_bet._validation import check_positive_int, is_positive_int
 from lightning_bet.checkpoints import TRUST_FLAG, load_checkpoint
 from lightning_bet.deploy.bitstream import FORMAT_VERSION, read_bitstream, write_bitstream
 from lightning_bet.deploy.emulate import emulate
@@ -101,6 +101,7 @@ def export_model(
     config: str | os.PathLike,
     out_dir: str | os.PathLike,
     trust: bool = False,
+    arg_names: tuple[str, str] = ("ckpt", "config"),
 ) -> dict[str, Any]:
     """Export a trained fully connected BNN and check every backend against deploy mode.
 
@@ -115,12 +116,13 @@ def export_model(
         out_dir: destination folder (created).
         trust: load a checkpoint needing types outside the safe allow-list
             (:func:`~lightning_bet.checkpoints.read_checkpoint`).
+        arg_names: how error messages name ``ckpt`` and ``config``.
 
     Returns:
         The manifest (also written to ``out_dir/manifest.json``).
 
     """
-    module, datamodule = load_checkpoint(ckpt, config, trust=trust)
+    module, datamodule = load_checkpoint(ckpt, config, arg_names, trust=trust)
     x, q, y, levels = integer_test_split(datamodule)
     model = to_deploy(module.net, levels)
     with _staging(Path(out_dir)) as staging:
@@ -271,7 +273,9 @@ def export_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "code: only for files you trust)",
     )
     args = parse(parser, argv)
-    manifest = export_model(args.ckpt, args.config, args.out, trust=args.trust_checkpoint)
+    manifest = export_model(
+        args.ckpt, args.config, args.out, args.trust_checkpoint, ("--ckpt", "--config")
+    )
     agreement = ", ".join(
         f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in manifest["agreement"].items()
     )
@@ -336,6 +340,7 @@ def emulate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse(
         parser, argv, renamed={"--stuck_at_0": "--stuck-at-0", "--stuck_at_1": "--stuck-at-1"}
     )
+    check_positive_int("realizations", args.realizations, "an int >= 1")
     asymmetric = args.p01 is not None or args.p10 is not None
     fault_model = FaultModel(
         p=0.0 if asymmetric else args.p,
