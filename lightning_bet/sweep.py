@@ -80,6 +80,13 @@ def bet_area(error_rates: Sequence[float], accuracy: Sequence[float]) -> float:
     return float(np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(rates)) / width)
 
 
+#: How the figures word each time semantics (METHOD §2).
+_SEMANTICS_WORDS = {
+    "fixed": "one fault map held per realization",
+    "per_batch": "a fresh fault map per batch",
+}
+
+
 @dataclass
 class SweepResult:
     """Accuracies of a sweep.
@@ -148,21 +155,70 @@ class SweepResult:
         )
         return "\n".join(lines) + "\n"
 
-    def plot(self, path: str | os.PathLike | None = None, ax: Any = None, label: str = "") -> Any:
-        """Accuracy over error rate with a ±1 std band; saved as PNG when ``path`` is given."""
+    def plot(
+        self,
+        path: str | os.PathLike | None = None,
+        ax: Any = None,
+        label: str = "",
+        name: str | None = None,
+    ) -> Any:
+        """Accuracy (%) over error rate with a ±1 std band; saved as PNG when ``path`` is given.
+
+        The figure explains itself: the title names the model, the legend says what the band is
+        (spread over the fault maps) and over which grid the BET area in the legend is taken.
+
+        Args:
+            path: where to save the PNG (``None``: do not save).
+            ax: draw into these axes (e.g. to overlay several models); a new figure otherwise.
+            label: legend entry of the curve (default: the model's name and BET area).
+            name: the model's name (default: the stem of ``config["config"]``, the recipe the
+                model was trained with, else ``"model"``).
+
+        Returns:
+            The matplotlib figure.
+
+        """
         plt = pyplot()
 
         if ax is None:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig, ax = plt.subplots(figsize=(6, 4))
         else:
             fig = ax.get_figure()
-        rates, mean, std = np.asarray(self.error_rates), self.mean, self.std
-        ax.plot(rates, mean, marker="o", label=label or f"area {self.area:.4f}")
-        ax.fill_between(rates, mean - std, mean + std, alpha=0.25)
-        ax.set_xlabel("weight error rate p")
-        ax.set_ylabel("accuracy")
-        ax.set_title("Accuracy over bit error rate")
-        ax.legend()
+        name = name or (Path(str(self.config["config"])).stem if "config" in self.config else "")
+        name = name or "model"
+        rates, mean, std = np.asarray(self.error_rates), 100 * self.mean, 100 * self.std
+        realizations = self.accuracy.shape[1]
+        (line,) = ax.plot(
+            rates, mean, marker="o", label=label or f"{name}: BET area {100 * self.area:.2f}%"
+        )
+        ax.fill_between(
+            rates,
+            mean - std,
+            mean + std,
+            alpha=0.25,
+            color=line.get_color(),
+            label=f"±1 std over {realizations} fault map{'s' * (realizations > 1)} per rate",
+        )
+        ax.set_xlabel("weight bit error rate p")
+        split = self.config.get("split", "test")
+        ax.set_ylabel(f"{split} accuracy (%)")
+        semantics = _SEMANTICS_WORDS.get(self.config.get("semantics"), "")
+        fault = self.config.get("fault", "symmetric")
+        ax.set_title(
+            f"{name}: accuracy over weight bit error rate\n"
+            f"({fault} faults{f'; {semantics}' if semantics else ''})",
+            fontsize=10,
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(
+            title=f"BET area: mean accuracy over p in [{min(rates):g}, {max(rates):g}]\n"
+            f"(trapezoid under the mean curve / grid width, {len(rates)} rates)",
+            title_fontsize=8,
+            fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(0.0, -0.18),
+            frameon=False,
+        )
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path, dpi=120, bbox_inches="tight")
