@@ -46,8 +46,33 @@ class BetCLI(LightningCLI):
         if "://" in str(path) or str(path).startswith("registry:"):
             return
         from lightning_bet.checkpoints import read_checkpoint
+        from lightning_bet.errors import CheckpointError
 
-        read_checkpoint(path, name="--ckpt_path", flag=None)
+        checkpoint = read_checkpoint(path, name="--ckpt_path", flag=None)
+        if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+            raise CheckpointError(
+                f"Expected `--ckpt_path` to be a checkpoint written by Lightning's Trainer, but "
+                f"{str(path)!r} has no 'pytorch-lightning_version' (a plain state dict? "
+                "`sweep` and `export` read those)"
+            )
+
+    def _weights_only(self) -> None:
+        """Make ``weights_only=True`` explicit for the Trainer's own ``ckpt_path`` load."""
+        config = self.config_init[self.subcommand]
+        if "weights_only" in config and config["weights_only"] is None:
+            config["weights_only"] = True
+
+    def before_fit(self) -> None:  # noqa: D102
+        self._weights_only()
+
+    def before_validate(self) -> None:  # noqa: D102
+        self._weights_only()
+
+    def before_test(self) -> None:  # noqa: D102
+        self._weights_only()
+
+    def before_predict(self) -> None:  # noqa: D102
+        self._weights_only()
 
 
 #: ``ckpt_path`` values Lightning resolves itself.

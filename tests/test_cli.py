@@ -36,8 +36,9 @@ def files(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
     module = BNNClassifier().eval()
-    good = root / "good.ckpt"
-    torch.save({"state_dict": module.state_dict()}, good)
+    good = root / "good.ckpt"  # what the Trainer writes, less optimizer and loop states
+    torch.save({"state_dict": module.state_dict(), "pytorch-lightning_version": "2.6.0"}, good)
+    torch.save({"state_dict": module.state_dict()}, root / "plain.ckpt")
     data = good.read_bytes()
     (root / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     (root / "text.ckpt").write_text("model: not a checkpoint\n")
@@ -92,6 +93,11 @@ USER_ERRORS = [
         )
         for cmd in CHECKPOINT_COMMANDS
     ],
+    (
+        "test-plain-state-dict",
+        lambda f: _ckpt("test", "plain.ckpt", f),
+        "to be a checkpoint written by Lightning's Trainer",
+    ),
     (
         "export-not-a-checkpoint",
         lambda f: _ckpt("export", "text.ckpt", f),
@@ -282,3 +288,18 @@ def test_console_script_as_a_user_sees_it(tmp_path):
         "'none.ckpt'\n"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_lightning_subcommands_pass_weights_only_explicitly(files, tmp_path, capsys):
+    from unittest import mock
+
+    import lightning.pytorch as pl
+
+    argv = ["test", "--config", RECIPE, "--ckpt_path", files["good.ckpt"]]
+    argv += ["--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false"]
+    argv += ["--trainer.default_root_dir", str(tmp_path)]
+    original = pl.Trainer.test
+    with mock.patch.object(pl.Trainer, "test", autospec=True, side_effect=original) as spy:
+        assert main(argv) == 0
+    assert spy.call_args.kwargs["weights_only"] is True
+    assert "test/acc" in capsys.readouterr().out
