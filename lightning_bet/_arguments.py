@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["float_list", "int_list", "make_parser", "parse"]
+__all__ = ["add_checkpoint_arguments", "float_list", "int_list", "make_parser", "parse"]
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -68,21 +68,34 @@ def parse(
     return parser.parse_args(args)
 
 
-def float_list(text: str) -> list[float]:
-    """``"0.01,0.02"`` -> ``[0.01, 0.02]`` (an argparse ``type``)."""
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, but got {text!r}"
-        ) from exc
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, ckpt_help: str) -> None:
+    """``--ckpt``, ``--config`` (its recipe) and the trust switch of :mod:`~.checkpoints`."""
+    from lightning_bet.checkpoints import TRUST_FLAG
+
+    parser.add_argument("--ckpt", required=True, help=ckpt_help)
+    parser.add_argument("--config", required=True, help="the YAML recipe it was trained with")
+    parser.add_argument(
+        TRUST_FLAG,
+        action="store_true",
+        help="load a checkpoint that needs types outside the safe allow-list (runs pickled "
+        "code: only for files you trust)",
+    )
 
 
-def int_list(text: str) -> list[int]:
-    """``"0,2"`` -> ``[0, 2]`` (an argparse ``type``)."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, but got {text!r}"
-        ) from exc
+def _numbers(kind: type, words: str) -> Callable[[str], list]:
+    def convert(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {words}, but got {text!r}"
+            ) from exc
+
+    convert.__name__ = f"{kind.__name__}_list"  # argparse names the type in its messages
+    return convert
+
+
+#: ``"0.01,0.02"`` -> ``[0.01, 0.02]`` (an argparse ``type``).
+float_list = _numbers(float, "numbers")
+#: ``"0,2"`` -> ``[0, 2]`` (an argparse ``type``).
+int_list = _numbers(int, "integers")

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_bet._arguments import float_list, make_parser, parse
+from lightning_bet._arguments import add_checkpoint_arguments, float_list, make_parser, parse
 from lightning_bet._plotting import pyplot
 from lightning_bet._validation import is_probability
-from lightning_bet.checkpoints import TRUST_FLAG, load_checkpoint
+from lightning_bet.checkpoints import load_checkpoint
 from lightning_bet.functional.binarize import sign
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
 from lightning_bet.layers import binary_layers
@@ -555,14 +555,7 @@ def cli_main(argv: Sequence[str] | None = None) -> dict:
     ``sweep.md`` and ``sweep.json`` into ``--out`` and prints the Markdown table.
     """
     parser = make_parser("sweep", "Accuracy over weight error rate by fault injection (METHOD §6).")
-    parser.add_argument("--ckpt", required=True, help="checkpoint of the trained model")
-    parser.add_argument("--config", required=True, help="the YAML recipe used for training")
-    parser.add_argument(
-        TRUST_FLAG,
-        action="store_true",
-        help="load a checkpoint that needs types outside the safe allow-list (runs pickled "
-        "code: only for files you trust)",
-    )
+    add_checkpoint_arguments(parser, "checkpoint of the trained model")
     parser.add_argument("--out", default="runs/sweep", help="output folder")
     parser.add_argument(
         "--error-rates",

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_bet._arguments import int_list, make_parser, parse
+from lightning_bet._arguments import add_checkpoint_arguments, int_list, make_parser, parse
 from lightning_bet._validation import check_positive_int, is_positive_int
-from lightning_bet.checkpoints import TRUST_FLAG, load_checkpoint
+from lightning_bet.checkpoints import load_checkpoint
 from lightning_bet.deploy.bitstream import FORMAT_VERSION, read_bitstream, write_bitstream
 from lightning_bet.deploy.emulate import emulate
 from lightning_bet.deploy.fold import deploy_forward, to_deploy
@@ -263,15 +263,8 @@ def export_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "Export a trained fully connected BNN: bitstream, C header, TFLite, manifest. The "
         "files appear in --out only when all of them are written.",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt)")
-    parser.add_argument("--config", required=True, help="the recipe it was trained with")
+    add_checkpoint_arguments(parser, "checkpoint (.ckpt)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        TRUST_FLAG,
-        action="store_true",
-        help="load a checkpoint that needs types outside the safe allow-list (runs pickled "
-        "code: only for files you trust)",
-    )
     args = parse(parser, argv)
     manifest = export_model(
         args.ckpt, args.config, args.out, args.trust_checkpoint, ("--ckpt", "--config")
