@@ -8,7 +8,6 @@ the demo runs from any folder: ``python -m lightning_bet.demo`` or ``lightning-b
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -18,8 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lightning_bet._arguments import make_parser, parse
 from lightning_bet._validation import check_positive_int
-from lightning_bet.cli import make_cli
+from lightning_bet.recipe import make_cli
 from lightning_bet.resources import recipe_path
 
 __all__ = ["cli_main", "main", "train_recipe"]
@@ -171,15 +171,15 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
 
 def cli_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``lightning-bet demo [--out DIR] [--max-epochs N]`` (or ``python -m lightning_bet.demo``)."""
-    parser = argparse.ArgumentParser(
-        prog="lightning-bet demo",
-        description="Train, measure and export two digits FCNNs with the shipped recipes.",
+    parser = make_parser(
+        "demo",
+        "Train, measure and export two digits FCNNs and the digits CNN with the shipped recipes.",
     )
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--out", default="runs/demo", help="output folder")
     parser.add_argument(
-        "--max-epochs", type=int, default=None, help="training epochs (default: the recipes')"
+        "--max-epochs", type=int, default=None, help="training epochs (default: each recipe's)"
     )
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parse(parser, argv)
     return main(args.out, args.max_epochs)
 
 

@@ -19,7 +19,6 @@ table at the start of ``fit`` on rank zero.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -246,15 +245,16 @@ class BitSummaryCallback(Callback):
 
 def cli_main(argv: Sequence[str] | None = None) -> BitSummary:
     """``lightning-bet summary --config recipe.yaml``: print the summary of a recipe's model."""
-    from lightning_bet.cli import make_cli_quietly
+    from lightning_bet._arguments import make_parser, parse
+    from lightning_bet.recipe import make_cli_quietly
 
-    parser = argparse.ArgumentParser(
-        prog="lightning-bet summary",
-        description="Per-layer binary and float parameters, packed bytes, fan-in and threshold "
-        "bits of a recipe's model, with totals against float32.",
+    parser = make_parser(
+        "summary",
+        "Per-layer binary and float parameters, packed bytes, fan-in and threshold bits of a "
+        "recipe's model, with totals against float32.",
     )
     parser.add_argument("--config", required=True, help="the recipe (LightningCLI YAML)")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parse(parser, argv)
     result = summary(make_cli_quietly(args.config).model)
     print(result)
     return result

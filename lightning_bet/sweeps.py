@@ -21,7 +21,6 @@ reference semantics.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
@@ -36,8 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_bet._arguments import add_checkpoint_arguments, float_list, make_parser, parse
 from lightning_bet._plotting import pyplot
 from lightning_bet._validation import is_probability
+from lightning_bet.checkpoints import load_checkpoint
 from lightning_bet.functional.binarize import sign
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
 from lightning_bet.layers import binary_layers
@@ -77,6 +78,13 @@ def bet_area(error_rates: Sequence[float], accuracy: Sequence[float]) -> float:
     if width == 0:
         return float(acc.mean())
     return float(np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(rates)) / width)
+
+
+#: How the figures word each time semantics (METHOD §2).
+_SEMANTICS_WORDS = {
+    "fixed": "one fault map held per realization",
+    "per_batch": "a fresh fault map per batch",
+}
 
 
 @dataclass
@@ -147,21 +155,70 @@ class SweepResult:
         )
         return "\n".join(lines) + "\n"
 
-    def plot(self, path: str | os.PathLike | None = None, ax: Any = None, label: str = "") -> Any:
-        """Accuracy over error rate with a ±1 std band; saved as PNG when ``path`` is given."""
+    def plot(
+        self,
+        path: str | os.PathLike | None = None,
+        ax: Any = None,
+        label: str = "",
+        name: str | None = None,
+    ) -> Any:
+        """Accuracy (%) over error rate with a ±1 std band; saved as PNG when ``path`` is given.
+
+        The figure explains itself: the title names the model, the legend says what the band is
+        (spread over the fault maps) and over which grid the BET area in the legend is taken.
+
+        Args:
+            path: where to save the PNG (``None``: do not save).
+            ax: draw into these axes (e.g. to overlay several models); a new figure otherwise.
+            label: legend entry of the curve (default: the model's name and BET area).
+            name: the model's name (default: the stem of ``config["config"]``, the recipe the
+                model was trained with, else ``"model"``).
+
+        Returns:
+            The matplotlib figure.
+
+        """
         plt = pyplot()
 
         if ax is None:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig, ax = plt.subplots(figsize=(6, 4))
         else:
             fig = ax.get_figure()
-        rates, mean, std = np.asarray(self.error_rates), self.mean, self.std
-        ax.plot(rates, mean, marker="o", label=label or f"area {self.area:.4f}")
-        ax.fill_between(rates, mean - std, mean + std, alpha=0.25)
-        ax.set_xlabel("weight error rate p")
-        ax.set_ylabel("accuracy")
-        ax.set_title("Accuracy over bit error rate")
-        ax.legend()
+        name = name or (Path(str(self.config["config"])).stem if "config" in self.config else "")
+        name = name or "model"
+        rates, mean, std = np.asarray(self.error_rates), 100 * self.mean, 100 * self.std
+        realizations = self.accuracy.shape[1]
+        (line,) = ax.plot(
+            rates, mean, marker="o", label=label or f"{name}: BET area {100 * self.area:.2f}%"
+        )
+        ax.fill_between(
+            rates,
+            mean - std,
+            mean + std,
+            alpha=0.25,
+            color=line.get_color(),
+            label=f"±1 std over {realizations} fault map{'s' * (realizations > 1)} per rate",
+        )
+        ax.set_xlabel("weight bit error rate p")
+        split = self.config.get("split", "test")
+        ax.set_ylabel(f"{split} accuracy (%)")
+        semantics = _SEMANTICS_WORDS.get(self.config.get("semantics"), "")
+        fault = self.config.get("fault", "symmetric")
+        ax.set_title(
+            f"{name}: accuracy over weight bit error rate\n"
+            f"({fault} faults{f'; {semantics}' if semantics else ''})",
+            fontsize=10,
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(
+            title=f"BET area: mean accuracy over p in [{min(rates):g}, {max(rates):g}]\n"
+            f"(trapezoid under the mean curve / grid width, {len(rates)} rates)",
+            title_fontsize=8,
+            fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(0.0, -0.18),
+            frameon=False,
+        )
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -491,49 +548,46 @@ def fault_family(spec: str) -> Callable[[float], FaultModel]:
     )
 
 
-def _parse_float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated floats, but got {text!r}"
-        ) from exc
-
-
 def cli_main(argv: Sequence[str] | None = None) -> dict:
     """``lightning-bet sweep --ckpt CKPT --config RECIPE [--out DIR] ...``.
 
     Writes ``sweep.csv``, ``sweep.png`` (accuracy over error rate with std bands),
     ``sweep.md`` and ``sweep.json`` into ``--out`` and prints the Markdown table.
     """
-    parser = argparse.ArgumentParser(
-        prog="lightning-bet sweep",
-        description="Accuracy over weight error rate by fault injection (METHOD §6).",
-    )
-    parser.add_argument("--ckpt", required=True, help="checkpoint of the trained model")
-    parser.add_argument("--config", required=True, help="the YAML recipe used for training")
+    parser = make_parser("sweep", "Accuracy over weight error rate by fault injection (METHOD §6).")
+    add_checkpoint_arguments(parser, "checkpoint of the trained model")
     parser.add_argument("--out", default="runs/sweep", help="output folder")
     parser.add_argument(
         "--error-rates",
-        type=_parse_float_list,
+        type=float_list,
         default=list(DEFAULT_ERROR_RATES),
-        help="comma-separated grid (default: METHOD §6)",
+        help="comma-separated error-rate grid (METHOD §6)",
     )
-    parser.add_argument("--realizations", "-R", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--semantics", choices=SEMANTICS, default="fixed")
+    parser.add_argument(
+        "--realizations", "-R", type=int, default=8, help="fault maps per error rate"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the fault maps")
+    parser.add_argument(
+        "--semantics",
+        choices=SEMANTICS,
+        default="fixed",
+        help="fixed: one map per realization (programming errors); per_batch: a fresh map "
+        "per batch (read errors)",
+    )
     parser.add_argument(
         "--fault",
         default="symmetric",
         help="fault family: symmetric | asymmetric:R (p10 = R p01) | stuck_at_0 | stuck_at_1",
     )
-    parser.add_argument("--split", choices=("test", "val"), default="test")
-    parser.add_argument("--batch-size", type=int, default=1000)
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    parser.add_argument(
+        "--split", choices=("test", "val"), default="test", help="which split to evaluate"
+    )
+    parser.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+    args = parse(parser, argv)
     family = fault_family(args.fault)
-    from lightning_bet.cli import load_checkpoint
-
-    module, datamodule = load_checkpoint(args.ckpt, args.config, ("--ckpt", "--config"))
+    module, datamodule = load_checkpoint(
+        args.ckpt, args.config, ("--ckpt", "--config"), trust=args.trust_checkpoint
+    )
     datamodule.setup("test")
     loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
     result = sweep(

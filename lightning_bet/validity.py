@@ -16,7 +16,6 @@ model's values and every correlation).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_bet._arguments import make_parser, parse
 from lightning_bet._plotting import pyplot
 from lightning_bet._threads import single_torch_thread
 from lightning_bet._validation import check_positive_int
@@ -155,6 +155,7 @@ def run_validity(
             f"Expected `dataset` to be 'digits' (the embedded dataset), but got {dataset!r}"
         )
     check_positive_int("epochs", epochs)
+    check_positive_int("realizations", realizations, "an int >= 1")
     specs = list(specs) if specs is not None else default_model_set()
     if len(specs) < 3:
         raise ValueError(f"Expected at least 3 models to rank, but got {len(specs)}")
@@ -292,17 +293,19 @@ def _scatter(models: list[dict[str, Any]], path: Path) -> None:
 
 def cli_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``lightning-bet validity --dataset digits [--out DIR] [--epochs E] [-R R]``."""
-    parser = argparse.ArgumentParser(
-        prog="lightning-bet validity",
-        description="Spearman correlation between the margin metric and the fault-injection "
-        "BET area over a set of differently trained models.",
+    parser = make_parser(
+        "validity",
+        "Spearman correlation between the margin metric and the fault-injection BET area over "
+        "a set of differently trained models.",
     )
-    parser.add_argument("--dataset", default="digits", choices=("digits",))
-    parser.add_argument("--out", default="runs/validity")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--realizations", "-R", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    parser.add_argument("--dataset", default="digits", choices=("digits",), help="data set")
+    parser.add_argument("--out", default="runs/validity", help="output folder")
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs per model")
+    parser.add_argument(
+        "--realizations", "-R", type=int, default=16, help="fault maps per error rate"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of training and fault maps")
+    args = parse(parser, argv)
     report = run_validity(args.dataset, args.out, args.epochs, args.realizations, args.seed)
     print(markdown_table(report))
     print(f"wrote {args.out}/validity.md, validity.png, validity.json")

@@ -634,7 +634,7 @@ def test_evaluate_bitstreams_matches_deploy_mode_on_faulty_models():
 
 def test_evaluate_bitstreams_matches_the_emulator():
     """Faulty bitstreams of lightning_bet.deploy.emulate: C and the numpy interpreter agree."""
-    emulate = pytest.importorskip("lightning_bet.deploy.emulate")
+    from lightning_bet.deploy import emulate
     from lightning_bet.functional.faults import FaultModel
 
     rng = np.random.default_rng(9)

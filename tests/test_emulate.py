@@ -20,6 +20,7 @@ from lightning_bet.deploy.fold import deploy_forward, to_deploy
 from lightning_bet.deploy.model import DeployLayer, DeployModel
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
 from lightning_bet.layers import binary_layers
+from lightning_bet.sweeps import fault_maps, sweep
 from tests.test_bitstream import random_model
 from tests.test_deploy_fold import digits_test_pixels, trained_digits
 
@@ -146,7 +147,6 @@ def test_emulate_rejects_bad_arguments():
 @pytest.mark.parametrize("asymmetric", [False, True], ids=["symmetric", "asymmetric"])
 def test_emulated_accuracy_equals_the_pytorch_sweep(asymmetric):
     """Same seed, same key scheme (p, realization, layer): the sweep's accuracies, exactly."""
-    sweep_module = pytest.importorskip("lightning_bet.sweeps")
     net, data = _digits_bitstream()
     x, q, y = digits_test_pixels()
     rates, realizations, seed = [0.01, 0.05], 3, 7
@@ -154,7 +154,7 @@ def test_emulated_accuracy_equals_the_pytorch_sweep(asymmetric):
     def fault_model(p: float) -> FaultModel:
         return FaultModel(p01=p, p10=p / 2) if asymmetric else FaultModel(p=p)
 
-    swept = sweep_module.sweep(
+    swept = sweep(
         net,
         (x, y),
         rates,
@@ -166,9 +166,7 @@ def test_emulated_accuracy_equals_the_pytorch_sweep(asymmetric):
     for i, p in enumerate(rates):
         emulated = emulate(data, q.numpy(), y.numpy(), fault_model(p), realizations, seed, key=p)
         assert np.array_equal(emulated.accuracies, swept.accuracy[i]), (p, swept.accuracy[i])
-        maps = sweep_module.fault_maps(
-            [layer for _, layer in binary_layers(net)], fault_model(p), seed, p, 0
-        )
+        maps = fault_maps([layer for _, layer in binary_layers(net)], fault_model(p), seed, p, 0)
         assert all(
             torch.equal(a, b)
             for a, b in zip(

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from lightning_bet.cli import main
 from lightning_bet.deploy.bitstream import BitstreamError, read_bitstream
-from lightning_bet.deploy.cli import emulate_main, export_demo, export_main
+from lightning_bet.deploy.cli import emulate_main, export_demo, export_main, export_model
 from lightning_bet.deploy.emulate import emulate
 from lightning_bet.deploy.fold import deploy_forward
 from lightning_bet.functional.faults import FaultModel
@@ -112,11 +113,11 @@ def test_export_rejects_mismatched_or_unsupported_checkpoints(tmp_path):
     torch.save({"state_dict": other.state_dict()}, ckpt)
     with pytest.raises(ValueError, match="does not match the model of config"):
         export_main(["--ckpt", str(ckpt), "--config", str(RECIPE), "--out", str(tmp_path)])
-    with pytest.raises(FileNotFoundError, match="`ckpt` to be an existing file"):
+    with pytest.raises(FileNotFoundError, match="`--ckpt` to be an existing file"):
         export_main(["--ckpt", str(tmp_path / "none"), "--config", str(RECIPE), "--out", "x"])
 
 
-def test_emulate_rejects_bad_files_and_data(exported, tmp_path):
+def test_emulate_rejects_bad_files_and_data(exported, tmp_path, capsys):
     out, _ = exported
     data = bytearray((out / "model.bet").read_bytes())
     data[200] ^= 1
@@ -129,14 +130,14 @@ def test_emulate_rejects_bad_files_and_data(exported, tmp_path):
         emulate_main([str(bad)])
     with pytest.raises(ValueError, match="'digits' or a recipe/datamodule config file"):
         emulate_main([str(out / "model.bet"), "--data", "mnist"])
-    with pytest.raises(ValueError, match="`backend` to be 'numpy' or 'c'"):
+    with pytest.raises(SystemExit, match="2"):
         emulate_main([str(out / "model.bet"), "--backend", "gpu"])
+    assert "argument --backend: invalid choice: 'gpu'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="`p` to be a float in \\[0, 1\\], but got 1.5"):
         emulate_main([str(out / "model.bet"), "--p", "1.5"])
 
 
 def test_emulate_c_backend_matches_numpy(exported, capsys):
-    pytest.importorskip("lightning_bet.deploy.c_runner")
     out, _ = exported
     try:
         c = emulate_main([str(out / "model.bet"), "--realizations", "2", "--backend", "c"])
@@ -144,3 +145,58 @@ def test_emulate_c_backend_matches_numpy(exported, capsys):
         pytest.skip(f"C runtime unavailable: {error}")
     numpy = emulate_main([str(out / "model.bet"), "--realizations", "2"])
     assert np.allclose(c["accuracies"], numpy["accuracies"])
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Unsupported model or an error halfway: no destination folder, no partial files."""
+    _, ckpt = trained_digits()
+    config = yaml.safe_load(RECIPE.read_text())
+    config["model"].update({"binarize_input": True})  # a first layer the export refuses
+    bad_recipe = tmp_path / "binary_input.yaml"
+    bad_recipe.write_text(yaml.safe_dump(config))
+    bad_ckpt = tmp_path / "binary_input.ckpt"
+    torch.save({"state_dict": BNNClassifier(binarize_input=True).state_dict()}, bad_ckpt)
+    before = _entries(tmp_path)
+    with pytest.raises(ValueError, match="which the export does not support"):
+        export_model(bad_ckpt, bad_recipe, tmp_path / "new" / "out")
+    assert _entries(tmp_path) == before
+
+    import lightning_bet.deploy.cli as deploy_cli
+
+    def write_then_fail(data, folder):  # stands in for write_c_package
+        (Path(folder) / "model.h").write_bytes(b"half a header")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(deploy_cli, "write_bitstream", lambda model: b"LBET")
+    monkeypatch.setattr(deploy_cli, "_optional", lambda module, name: write_then_fail)
+    monkeypatch.setattr(deploy_cli, "run_bitstream", lambda data, q: None)
+    with pytest.raises(OSError, match="No space left on device"):
+        export_model(ckpt, RECIPE, tmp_path / "out")
+    assert _entries(tmp_path) == before
+    # an existing folder keeps its files untouched
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "model.bet").write_bytes(b"an older export")
+    with pytest.raises(OSError, match="No space left on device"):
+        export_model(ckpt, RECIPE, existing)
+    assert _entries(existing) == ["model.bet"]
+    assert (existing / "model.bet").read_bytes() == b"an older export"
+    assert _entries(tmp_path) == sorted([*before, "existing"])
+
+
+def test_export_into_an_existing_folder_replaces_its_files(exported, tmp_path):
+    out, manifest = exported
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "model.bet").write_bytes(b"old")
+    (target / "notes.txt").write_text("kept")
+    _, ckpt = trained_digits()
+    again = export_model(ckpt, RECIPE, target)
+    assert again["files"] == manifest["files"]
+    assert (target / "model.bet").read_bytes() == (out / "model.bet").read_bytes()
+    assert (target / "notes.txt").read_text() == "kept"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".target.partial-")]

@@ -222,7 +222,7 @@ def test_ddp_two_processes_equal_one(tmp_path):
         port = s.getsockname()[1]
     path = tmp_path / "ddp.pt"
     mp.spawn(_ddp_worker, args=(2, port, str(path)), nprocs=2, join=True)
-    ddp = torch.load(path)
+    ddp = torch.load(path, weights_only=True)
     net = _model()
     x, y = _data()
     single = BitErrorTolerance(net, error_rates=RATES)

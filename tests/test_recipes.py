@@ -55,7 +55,7 @@ def test_every_recipe_logs_val_bet(recipe):
 @pytest.mark.parametrize("recipe", ALL_RECIPES)
 def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
     overrides = _data_dir_for(recipe, tmp_path, monkeypatch)
-    main(
+    status = main(
         [
             "fit",
             "--config",
@@ -71,6 +71,7 @@ def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
             "cpu",
         ]
     )
+    assert status == 0
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):

@@ -180,11 +180,13 @@ def test_bad_input(tmp_path, kwargs, message):
     assert not (tmp_path / "models").exists()
 
 
-def test_bad_cli_list():
-    with pytest.raises(
-        ValueError, match=re.escape("Expected a comma-separated list of floats, but got '0.1,x'")
-    ):
+def test_bad_cli_list(capsys):
+    with pytest.raises(SystemExit, match="2"):
         cli_main(["--dataset", "digits", "--out", "unused", "--lambdas", "0.1,x"])
+    assert (
+        "argument --lambdas: expected comma-separated numbers, but got '0.1,x'"
+        in capsys.readouterr().err
+    )
 
 
 def test_spec_validation():

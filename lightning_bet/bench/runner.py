@@ -7,8 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from jsonargparse import ArgumentParser
-
+from lightning_bet._arguments import make_parser, parse
 from lightning_bet.bench import BENCHMARKS, OPTIONAL_BENCHMARKS, update_results
 
 __all__ = ["HEADLINES", "headline_rows", "main", "run_benchmarks"]
@@ -81,15 +80,16 @@ def run_benchmarks(names: Sequence[str], out_dir: str) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse ``argv`` and run the benchmarks."""
-    parser = ArgumentParser(prog="lightning-bet bench", description=__doc__)
+    parser = make_parser("bench", "Run benchmarks and print one table of ratios.")
     parser.add_argument(
         "names",
         nargs="*",
         default=[],
-        help=f"any of {sorted(BENCHMARKS)} (default: all), or {sorted(OPTIONAL_BENCHMARKS)}",
+        help=f"benchmarks to run, any of {', '.join(BENCHMARKS)} (default: all), or "
+        f"{', '.join(OPTIONAL_BENCHMARKS)} (named only: needs `make peers`)",
     )
     parser.add_argument("--out", default="runs/bench", help="directory of results.json")
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parse(parser, argv)
     results = run_benchmarks(args.names, args.out)
     print("| benchmark | figure | value | target | met |\n|---|---|---:|---|---|")
     for name, result in results.items():

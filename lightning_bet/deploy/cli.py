@@ -11,25 +11,31 @@ mode on the test set).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
 import os
+import shutil
+import sys
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lightning_bet._validation import is_positive_int
-from lightning_bet.cli import load_checkpoint, make_cli_quietly
+from lightning_bet._arguments import add_checkpoint_arguments, int_list, make_parser, parse
+from lightning_bet._validation import check_positive_int, is_positive_int
+from lightning_bet.checkpoints import load_checkpoint
 from lightning_bet.deploy.bitstream import format_version, read_bitstream, write_bitstream
 from lightning_bet.deploy.emulate import emulate
 from lightning_bet.deploy.fold import deploy_forward, to_deploy
 from lightning_bet.deploy.interpreter import run_bitstream
 from lightning_bet.functional.faults import FaultModel
+from lightning_bet.recipe import make_cli_quietly
 
 __all__ = [
     "emulate_main",
@@ -95,8 +101,15 @@ def export_model(
     config: str | os.PathLike,
     out_dir: str | os.PathLike,
     tflite_weights: str = "float32",
+    trust: bool = False,
+    arg_names: tuple[str, str] = ("ckpt", "config"),
 ) -> dict[str, Any]:
     """Export a trained BNN (dense or convolutional) and check every backend against deploy mode.
+
+    Everything is written into a temporary folder next to ``out_dir`` and moved into place only
+    when complete: after an error (an unsupported model, a bad checkpoint, a full disk) nothing
+    new is left in ``out_dir``. A new ``out_dir`` is created by one rename; into an existing one
+    each file is moved (atomically replacing an older export's file of the same name).
 
     Args:
         ckpt: the checkpoint.
@@ -104,6 +117,9 @@ def export_model(
         out_dir: destination folder (created).
         tflite_weights: ``"float32"`` or ``"int8"``: how ``model.tflite`` stores its weights
             (int8 is 4x smaller, behind a builtin ``DEQUANTIZE``; both are exact).
+        trust: load a checkpoint needing types outside the safe allow-list
+            (:func:`~lightning_bet.checkpoints.read_checkpoint`).
+        arg_names: how error messages name ``ckpt`` and ``config``.
 
     Returns:
         The manifest (also written to ``out_dir/manifest.json``).
@@ -113,12 +129,73 @@ def export_model(
         raise ValueError(
             f"Expected `tflite_weights` to be 'float32' or 'int8', but got {tflite_weights!r}"
         )
-    module, datamodule = load_checkpoint(ckpt, config)
+    module, datamodule = load_checkpoint(ckpt, config, arg_names, trust=trust)
     x, q, y, levels = integer_test_split(datamodule)
-    net = module.net
-    model = to_deploy(net, levels)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    model = to_deploy(module.net, levels)
+    with _staging(Path(out_dir)) as staging:
+        manifest = _write_export(module.net, model, x, q, y, levels, staging, tflite_weights)
+        manifest.update({"checkpoint": str(ckpt), "config": str(config)})
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary folder next to ``out``, moved into ``out`` when the block succeeds."""
+    missing = out.parent
+    while not missing.parent.exists() and missing.parent != missing:
+        missing = missing.parent
+    created = None if missing.exists() else missing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            if not out.is_dir():
+                raise NotADirectoryError(
+                    f"Expected `out` to be a folder, but {str(out)!r} is a file"
+                )
+            for path in sorted(staging.iterdir()):
+                os.replace(path, out / path.name)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden() -> Iterator[None]:
+    """Hide what native code writes to file descriptor 2 (Python exceptions still propagate)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (embedded interpreters)
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _write_export(
+    net: torch.nn.Module,
+    model: Any,
+    x: torch.Tensor,
+    q: torch.Tensor,
+    y: torch.Tensor,
+    levels: int,
+    out: Path,
+    tflite_weights: str,
+) -> dict[str, Any]:
+    """Write bitstream, C package and TFLite into ``out``; the manifest (not yet written)."""
     data = write_bitstream(model)
     (out / "model.bet").write_bytes(data)
     files = [out / "model.bet"]
@@ -154,16 +231,17 @@ def export_model(
         run_tflite = _optional("lightning_bet.deploy.tflite_export", "run_tflite")
         if run_tflite is not None:
             try:
-                _, tflite_logits = run_tflite((out / "model.tflite").read_bytes(), q.numpy())
+                with _native_stderr_hidden():  # the runtime's "INFO: Created ... delegate"
+                    _, tflite_logits = run_tflite((out / "model.tflite").read_bytes(), q.numpy())
             except (ImportError, RuntimeError, OSError) as error:  # no TFLite runtime
                 warnings.warn(f"TFLite model not evaluated: {error}", stacklevel=2)
 
     labels = y.numpy()
     deploy_pred = reference.argmax(1)
-    manifest = {
+    return {
         "format_version": format_version(model),
-        "checkpoint": str(ckpt),
-        "config": str(config),
+        "checkpoint": None,
+        "config": None,
         "input_shape": list(model.input_shape),
         "input_levels": model.input_levels,
         "scale": model.scale,
@@ -185,29 +263,32 @@ def export_model(
             "tflite": _agreement(tflite_logits, reference),
         },
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
 
 
 def export_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``lightning-bet export --ckpt CKPT --config RECIPE --out DIR [--tflite-weights int8]``."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(
-        prog="lightning-bet export",
-        description="Export a trained BNN: bitstream, C header, TFLite, manifest.",
+    parser = make_parser(
+        "export",
+        "Export a trained BNN (dense or convolutional): bitstream, C header, TFLite, manifest. "
+        "The files appear in --out only when all of them are written.",
     )
-    parser.add_argument("--ckpt", type=str, required=True, help="checkpoint (.ckpt)")
-    parser.add_argument("--config", type=str, required=True, help="the recipe it was trained with")
-    parser.add_argument("--out", type=str, required=True, help="output folder")
+    add_checkpoint_arguments(parser, "checkpoint (.ckpt)")
+    parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--tflite-weights",
-        type=str,
+        choices=("float32", "int8"),
         default="float32",
-        help="weights of model.tflite: float32, or int8 (4x smaller, exact)",
+        help="weights of model.tflite: float32, or int8 (4x smaller, behind DEQUANTIZE; exact)",
     )
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    manifest = export_model(args.ckpt, args.config, args.out, args.tflite_weights)
+    args = parse(parser, argv)
+    manifest = export_model(
+        args.ckpt,
+        args.config,
+        args.out,
+        args.tflite_weights,
+        args.trust_checkpoint,
+        ("--ckpt", "--config"),
+    )
     agreement = ", ".join(
         f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in manifest["agreement"].items()
     )
@@ -235,32 +316,44 @@ def _emulation_data(data: str) -> tuple[np.ndarray, np.ndarray, int]:
 
 def emulate_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``lightning-bet emulate DIR/model.bet --p 0.01 --realizations R --data digits|CONFIG``."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(
-        prog="lightning-bet emulate",
-        description="Accuracy of a bitstream under RRAM bit errors injected into its packed bits.",
+    parser = make_parser(
+        "emulate", "Accuracy of a bitstream under RRAM bit errors injected into its packed bits."
     )
-    parser.add_argument("bitstream", type=str, help="a model.bet file")
+    parser.add_argument("bitstream", help="a model.bet file")
     parser.add_argument("--p", type=float, default=0.01, help="symmetric bit error rate")
-    parser.add_argument("--p01", type=float | None, default=None, help="asymmetric: 0 -> 1 rate")
-    parser.add_argument("--p10", type=float | None, default=None, help="asymmetric: 1 -> 0 rate")
-    parser.add_argument("--stuck_at_0", type=float, default=0.0, help="fraction stuck at 0 (+1)")
-    parser.add_argument("--stuck_at_1", type=float, default=0.0, help="fraction stuck at 1 (-1)")
-    parser.add_argument("--realizations", type=int, default=10, help="fault maps (fixed)")
+    parser.add_argument(
+        "--p01", type=float, default=None, help="asymmetric: rate of +1 -> -1 (stored 0 -> 1)"
+    )
+    parser.add_argument(
+        "--p10", type=float, default=None, help="asymmetric: rate of -1 -> +1 (stored 1 -> 0)"
+    )
+    parser.add_argument(
+        "--stuck-at-0", type=float, default=0.0, help="fraction of cells stuck at bit 0 (+1)"
+    )
+    parser.add_argument(
+        "--stuck-at-1", type=float, default=0.0, help="fraction of cells stuck at bit 1 (-1)"
+    )
+    parser.add_argument(
+        "--realizations", "-R", type=int, default=10, help="fault maps (fixed semantics)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed of the fault maps")
     parser.add_argument(
         "--key",
-        type=float | None,
+        type=float,
         default=None,
         help="seed key (default: p for symmetric flips; give the sweep's p for other models)",
     )
-    parser.add_argument("--layers", type=list[int] | None, default=None, help="default: all")
-    parser.add_argument("--data", type=str, default="digits", help="'digits' or a recipe YAML")
-    parser.add_argument("--backend", type=str, default="numpy", help="'numpy' or 'c'")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    if args.backend not in ("numpy", "c"):
-        raise ValueError(f"Expected `backend` to be 'numpy' or 'c', but got {args.backend!r}")
+    parser.add_argument(
+        "--layers", type=int_list, default=None, help="comma list of layer indices (default: all)"
+    )
+    parser.add_argument("--data", default="digits", help="'digits' or a recipe YAML")
+    parser.add_argument(
+        "--backend", choices=("numpy", "c"), default="numpy", help="who runs the bitstream"
+    )
+    args = parse(
+        parser, argv, renamed={"--stuck_at_0": "--stuck-at-0", "--stuck_at_1": "--stuck-at-1"}
+    )
+    check_positive_int("realizations", args.realizations, "an int >= 1")
     asymmetric = args.p01 is not None or args.p10 is not None
     fault_model = FaultModel(
         p=0.0 if asymmetric else args.p,

@@ -56,7 +56,7 @@ class _FlippedSignSTE(torch.autograd.Function):
         w, index = ctx.saved_tensors
         grad_w = ste_gradient(w, grad)  # fresh: negating it in place touches nothing else
         if ctx.negate_gradient:
-            negate_at_(grad_w, index)
+            grad_w = negate_at_(grad_w, index)  # a copy when grad_w is not contiguous
         return grad_w, None, None
 
 

@@ -9,12 +9,13 @@ margin metric (:mod:`.run`, resumable), judges the claims C1-C5 from paired diff
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from lightning_bet._arguments import float_list, make_parser, parse
 
 __all__ = ["cli_main", "reproduce"]
 
@@ -159,31 +160,42 @@ def reproduce(
     }
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as error:
-        raise ValueError(f"Expected a comma-separated list of floats, but got {text!r}") from error
-
-
 def cli_main(argv: list[str] | None = None) -> dict[str, Any]:
     """``lightning-bet reproduce --dataset digits|mnist|fashion_mnist --out DIR [options]``."""
-    parser = argparse.ArgumentParser(
-        prog="lightning-bet reproduce",
-        description="Train the model set, sweep it on shared fault maps, compute the margin "
-        "metric and judge the claims C1-C5 (METHOD §8) in DIR/report.md. Resumable.",
+    parser = make_parser(
+        "reproduce",
+        "Train the model set, sweep it on shared fault maps, compute the margin metric and "
+        "judge the claims C1-C5 (METHOD §8) in DIR/report.md. Resumable.",
     )
     parser.add_argument("--dataset", required=True, help="digits, mnist or fashion_mnist")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds (default 3)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds")
     parser.add_argument(
-        "--methods", default=None, help="comma list of plain,hirtzlin,straight_through,margin,mhl"
+        "--methods",
+        default=None,
+        help="comma list of plain,hirtzlin,straight_through,margin,mhl (default: all)",
     )
-    parser.add_argument("--train-rates", default="0.05,0.15,0.3", help="flip-training rates")
-    parser.add_argument("--lambdas", default="0.3,1,3", help="margin regularizer weights")
-    parser.add_argument("--epochs", type=int, default=None, help="plain/margin/MHL epochs")
-    parser.add_argument("--flip-epochs", type=int, default=None, help="flip-training epochs")
-    parser.add_argument("--error-rates", default=None, help="sweep grid (comma list)")
+    parser.add_argument(
+        "--train-rates", type=float_list, default="0.05,0.15,0.3", help="flip-training rates"
+    )
+    parser.add_argument(
+        "--lambdas", type=float_list, default="0.3,1,3", help="margin regularizer weights"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="plain/margin/MHL epochs (default: the dataset's)"
+    )
+    parser.add_argument(
+        "--flip-epochs",
+        type=int,
+        default=None,
+        help="flip-training epochs (default: the dataset's)",
+    )
+    parser.add_argument(
+        "--error-rates",
+        type=float_list,
+        default=None,
+        help="sweep grid, comma list (default: the dataset's)",
+    )
     parser.add_argument("--realizations", type=int, default=10, help="fault maps per rate")
     parser.add_argument("--sweep-seed", type=int, default=0, help="fault-map seed (all models)")
     parser.add_argument("--data-dir", default="data", help="MNIST/FashionMNIST files")
@@ -191,22 +203,22 @@ def cli_main(argv: list[str] | None = None) -> dict[str, Any]:
         "--threads",
         type=int,
         default=1,
-        help="torch threads (0: torch's default; 1 is fastest "
-        "for the small digits models on a shared CPU)",
+        help="torch threads (0: torch's default; 1 is fastest for the small digits models on "
+        "a shared CPU)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     argv = list(argv) if argv is not None else None
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     result = reproduce(
         dataset=args.dataset,
         out=args.out,
         seeds=args.seeds,
         methods=None if args.methods is None else [m.strip() for m in args.methods.split(",")],
-        train_rates=_floats(args.train_rates),
-        lambdas=_floats(args.lambdas),
+        train_rates=args.train_rates,
+        lambdas=args.lambdas,
         epochs=args.epochs,
         flip_epochs=args.flip_epochs,
-        error_rates=None if args.error_rates is None else _floats(args.error_rates),
+        error_rates=args.error_rates,
         realizations=args.realizations,
         sweep_seed=args.sweep_seed,
         data_dir=args.data_dir,

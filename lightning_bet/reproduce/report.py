@@ -66,20 +66,28 @@ def expected_runtime(specs: Sequence[Any], dataset: DatasetConfig) -> float:
 
 
 def _save(fig: Any, path: Path) -> None:
-    """Lay out, write and close a report figure."""
+    """Lay out, write and close a report figure (legends outside the axes included)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     pyplot().close(fig)
+
+
+def _legend_beside(ax: Any, **kwargs: Any) -> None:
+    """A legend to the right of ``ax``, where it cannot cover a curve or a point."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
 
 
 def _plot_curves(records: Sequence[ModelRecord], path: Path) -> None:
     plt = pyplot()
+    from matplotlib.lines import Line2D
+
     groups = _groups(records)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    seeds = len({r.seed for r in records})
+    fig, axes = plt.subplots(2, 1, figsize=(8, 7.5), sharex=True)
     for ax, methods in zip(
         axes, (("plain", "hirtzlin"), ("plain", "straight_through")), strict=True
     ):
-        for name, models in groups.items():
+        for models in groups.values():
             method = models[0].method
             if method not in methods:
                 continue
@@ -87,17 +95,22 @@ def _plot_curves(records: Sequence[ModelRecord], path: Path) -> None:
             acc = np.mean([m.accuracy for m in models], axis=0)
             p = models[0].p_train
             alpha = 1.0 if p is None else 0.4 + 0.6 * min(1.0, p / 0.3)
-            ax.plot(rates, 100 * acc, marker=".", color=_COLORS[method], alpha=alpha, label=name)
+            label = "plain (no flip training)" if p is None else f"{method}, trained at p={p:g}"
+            ax.plot(rates, 100 * acc, marker=".", color=_COLORS[method], alpha=alpha, label=label)
             if p is not None:
-                ax.axvline(p, color=_COLORS[method], alpha=alpha * 0.3, linestyle=":")
+                ax.axvline(p, color=_COLORS[method], alpha=alpha * 0.5, linestyle=":")
+        handles, _ = ax.get_legend_handles_labels()
+        handles.append(
+            Line2D([], [], color="gray", linestyle=":", label="dotted: the training error rate")
+        )
         ax.set_xscale("symlog", linthresh=1e-4)
         ax.set_xlim(left=0)
-        ax.set_xlabel("weight error rate p (symlog)")
+        ax.set_ylabel(f"test accuracy (%),\nmean over {seeds} seed{'s' * (seeds > 1)}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("test accuracy (%), mean")
-    axes[0].set_title("Hirtzlin flip training (C1, C2)")
-    axes[1].set_title("straight-through flip training (C3)")
+        _legend_beside(ax, handles=handles, fontsize=8)
+    axes[1].set_xlabel("weight bit error rate p at test time (symlog: linear below 1e-4)")
+    axes[0].set_title("Hirtzlin flip training (C1, C2): accuracy under weight bit errors")
+    axes[1].set_title("straight-through flip training (C3): accuracy under weight bit errors")
     _save(fig, path)
 
 
@@ -115,10 +128,10 @@ def _plot_metric(records: Sequence[ModelRecord], path: Path) -> None:
                 s=18,
             )
     ax.set_xlabel("BitErrorTolerance scalar `bet` (validation split)")
-    ax.set_ylabel("BET area (%), test split")
-    ax.set_title("C4: metric vs fault-injection tolerance")
+    ax.set_ylabel("BET area (%), test split\n(mean accuracy over the error-rate grid)")
+    ax.set_title("C4: metric vs fault-injection tolerance (one point per model)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend_beside(ax, fontsize=8, title="training method", title_fontsize=8)
     _save(fig, path)
 
 
@@ -138,10 +151,10 @@ def _plot_lambda(records: Sequence[ModelRecord], path: Path) -> bool:
             s=20,
         )
     ax.set_xlabel("clean test accuracy (%)")
-    ax.set_ylabel("BET area (%)")
+    ax.set_ylabel("BET area (%)\n(mean accuracy over the error-rate grid)")
     ax.set_title("C5: margin regularizer, one point per model")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend_beside(ax, fontsize=8, title="weight λ\n(λ=0: plain)", title_fontsize=8)
     _save(fig, path)
     return True
 
@@ -162,9 +175,9 @@ def _plot_losses(histories: dict[str, list[list[float]]], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training objective (mean over seeds)")
-    ax.set_title("Convergence")
+    ax.set_title("Convergence (line style: the setting within a method)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    _legend_beside(ax, fontsize=8)
     _save(fig, path)
 
 

@@ -143,7 +143,7 @@ def _cli_args(spec: ModelSpec, dataset: DatasetConfig, root: Path, data_dir: str
 
 
 def _build(spec: ModelSpec, dataset: DatasetConfig, root: Path, data_dir: str | None) -> Any:
-    from lightning_bet.cli import make_cli
+    from lightning_bet.recipe import make_cli
 
     return make_cli(_cli_args(spec, dataset, root, data_dir), run=False)
 
