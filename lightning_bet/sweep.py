@@ -14,7 +14,7 @@ With ``semantics="per_batch"`` batch ``b`` (0-based, of ``batch_size`` samples i
 uses ``make_generator(seed, p, r, l, "batch", b)``. A flipped weight reads ``-sign(W)``.
 
 Two evaluators give identical accuracies for the same maps: the fast exact path of
-:mod:`lightning_bet.functional.fast_forward` for fully connected BNNs, and the reference path
+:mod:`lightning_bet.fast_sweep` for fully connected BNNs, and the reference path
 (copy the model, flip, float forward) for everything else. See that module for the precise
 reference semantics.
 """
@@ -322,7 +322,7 @@ def sweep(
         (2, 2)
 
     """
-    from lightning_bet.functional.fast_forward import FastDenseEvaluator, supports_fast_path
+    from lightning_bet.fast_sweep import FastDenseEvaluator, supports_fast_path
 
     net = resolve_bnn(model)
     rates = _check_grid(error_rates)

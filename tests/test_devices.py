@@ -38,7 +38,7 @@ from lightning_bet.callbacks.margin_regularization import MarginRegularization
 from lightning_bet.callbacks.sweep import SweepCallback
 from lightning_bet.deploy.fold import DeployModule, deploy_forward, to_deploy
 from lightning_bet.functional.binarize import binarize_activation, binarize_weight, sign
-from lightning_bet.functional.fast_forward import exact_float_thresholds, exact_integer_thresholds
+from lightning_bet.fast_sweep import exact_float_thresholds, exact_integer_thresholds
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
 from lightning_bet.functional.flips import SignFlips, binarize_weight_flipped
 from lightning_bet.functional.losses import LOSSES, resolve_loss

@@ -69,7 +69,7 @@ def test_fast_equals_naive_per_realization(levels, binarize_input):
 
 
 def test_fast_first_layer_kernels_are_exercised():
-    from lightning_bet.functional.fast_forward import FastDenseEvaluator
+    from lightning_bet.fast_sweep import FastDenseEvaluator
 
     net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (32,)))
     x16, y = _digits_like(levels=16)
@@ -84,7 +84,7 @@ def test_fast_first_layer_kernels_are_exercised():
 
 @pytest.mark.parametrize("sparse_cost", [0, 10**9], ids=["sparse-correction", "dense-int8"])
 def test_int8_first_layer_sparse_correction_and_dense_agree_with_naive(monkeypatch, sparse_cost):
-    import lightning_bet.functional.fast_forward as ff
+    import lightning_bet.fast_sweep as ff
 
     monkeypatch.setattr(ff, "_SPARSE_COST", sparse_cost)  # 0: always sparse; 1e9: always dense
     net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (72, 40)), seed=3)
@@ -102,7 +102,7 @@ def test_int8_first_layer_sparse_correction_and_dense_agree_with_naive(monkeypat
 
 
 def test_int8_first_layer_split_over_threads_agrees_with_naive(monkeypatch):
-    import lightning_bet.functional.fast_forward as ff
+    import lightning_bet.fast_sweep as ff
 
     monkeypatch.setattr(ff, "_SPARSE_COST", 10**9)  # always the dense int8 matmul
     monkeypatch.setattr(ff, "_MIN_ROWS_PER_THREAD", 16)

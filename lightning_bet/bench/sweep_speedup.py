@@ -5,7 +5,7 @@ Setup: FCNN 784-1024-1024-10 with random latent weights and trained-like BatchNo
 a grid of non-zero error rates (the clean point p = 0 is left out: the fast path would get it
 for free). For every fault map, in one process and interleaved, the naive loop (deep-copy the
 model, flip the weights, float32 forward in batches of 1,000) and the fast exact evaluator
-(:class:`~lightning_bet.functional.fast_forward.FastDenseEvaluator`, its one-time preparation
+(:class:`~lightning_bet.fast_sweep.FastDenseEvaluator`, its one-time preparation
 included in its time) classify the same samples under the same map; their predictions must be
 identical on every sample. Reported: total naive time over total fast time (= throughput ratio),
 and whether every realization agreed.
@@ -69,7 +69,7 @@ def run(
     """
     from tqdm.auto import tqdm
 
-    from lightning_bet.functional.fast_forward import FastDenseEvaluator
+    from lightning_bet.fast_sweep import FastDenseEvaluator
     from lightning_bet.functional.faults import FaultModel
     from lightning_bet.layers import binary_layers
     from lightning_bet.sweep import _flipped_copy, fault_maps
