@@ -1,169 +1,58 @@
-"""Fast, exact evaluation of a dense BNN under many weight fault maps (METHOD §6).
+"""Fast, exact evaluation of a BNN under many weight fault maps (METHOD §6, §7).
 
 A fault-injection sweep evaluates the same network on the same data under hundreds of fault
-maps. :class:`FastDenseEvaluator` prepares everything that does not depend on the faults once,
-then evaluates one fault map with much less arithmetic than a float forward pass:
+maps. :class:`FastEvaluator` folds the network into deploy mode once
+(:func:`~lightning_bet.deploy.fold.to_deploy`, BatchNorm folded by
+:func:`~lightning_bet.functional.fold.fold_integer`, the fold the exports use), prepares
+everything that does not depend on the faults, then evaluates one fault map with integer
+arithmetic only:
 
-- **Real-valued first layer**: the clean product ``A = X W^T`` is computed once; under faults
-  only the flipped weights change it, ``A' = A - 2 sum_{flipped (j, i)} w_ji x_i``, a sparse
-  update whose cost grows with the number of flips (a CSR sparse-dense product).
-- **Layers with binary inputs**: XNOR/popcount on packed sign bits (the native C kernel of
-  :mod:`lightning_bet.native` when it compiles, else an exact float matmul of +-1 values); the
-  native kernel compares hidden pre-activations with their thresholds in registers and writes
-  only the packed signs of the next layer's input.
-- **Thresholds**: every hidden layer's ``sign(BatchNorm(a))`` is folded into one comparison per
-  neuron that is *derived from the network's own BatchNorm module*, so it reproduces the float
-  forward exactly (see :func:`exact_integer_thresholds` and :func:`exact_float_thresholds`).
+- **Real-valued first layer** on the integer pixels ``q`` (inputs ``x = q / L``): dense, an
+  exact int8 matmul ``q @ W^T`` (``q - 128`` with a per-row correction for ``L <= 255``, so
+  ``q / 255`` data runs on int8 too) or, with few flips, the cached clean product plus a sparse
+  update over the flipped weights; convolutional, the native integer convolution kernel.
+- **Layers with binary inputs**: XNOR/popcount on packed sign bits (:mod:`lightning_bet.native`;
+  convolutions on packed HWC maps, a kernel bit shared by every position), thresholds compared
+  in registers, only the packed signs of the next layer's input written.
+- Outputs of layers that no flip reaches (at small error rates) are reused from the clean pass.
 
-Reference semantics (what "identical" means): the network in eval mode run in float32, with
-the first-layer pre-activation equal to the exact sum of the products, rounded once to float32.
-When the inputs lie on a grid ``q / 2^k`` whose sums fit float32's mantissa (digits ``q/16``,
-binary inputs, ``q/256`` images) every float32 summation order gives that exact value, so the
-plain float32 forward of the copied, flipped model agrees on every sample. For other inputs
-(``q/255``) the evaluator computes the exact sum in float64; a BLAS float32 sum can then differ
-by rounding, which matters only when a pre-activation lies within one float32 ulp of a threshold.
-Predictions are ``argmax`` of the integer logits, first index on ties (as ``torch.argmax``).
+Semantics (what "exact" means): predictions equal deploy mode's
+(:func:`~lightning_bet.deploy.fold.deploy_forward`) on the fault-flipped network, i.e. integer
+pre-activations, max-pool before the threshold, zero padding contributing 0, ``argmax`` of the
+integer logits with the first index on ties. This is the float network's own semantics computed
+exactly. The float32 reference loop (copy, flip, float forward) agrees except where float32
+rounding moves a pre-activation across its threshold: on ``q / 16`` data and binary layers its
+sums are exact, and it differs only where the float32 BatchNorm rounds differently from the
+float64 fold (not seen in practice); on ``q / 255`` data its first-layer sums of ``q_i / 255``
+round, so a sample whose exact pre-activation lies within a float32 rounding error of a
+threshold can differ (a tiny fraction, reported by ``bench sweep_speedup``).
+
+Inputs must be ``q / L`` for integers ``q`` in ``[0, L]`` (within ``1e-3 / L``, as the export
+checks): ``L`` is found as the smallest such ``L <= 4096`` (:func:`detect_input_levels`) unless
+given. On other inputs (e.g. standardized ones) :func:`fast_evaluator` reports the reason and
+:func:`~lightning_bet.sweep.sweep` falls back to the float loop.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from lightning_bet._threads import single_torch_thread
-from lightning_bet.layers import BinaryLinear
-from lightning_bet.models import BNN
+from lightning_bet.deploy.fold import to_deploy
+from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
 
 __all__ = [
-    "FastDenseEvaluator",
-    "exact_float_thresholds",
-    "exact_integer_thresholds",
-    "supports_fast_path",
+    "FastEvaluator",
+    "detect_input_levels",
+    "fast_evaluator",
+    "integer_pixels",
 ]
-
-
-def supports_fast_path(net: BNN) -> bool:
-    """Whether ``net`` is a fully connected BNN (dense blocks without pooling)."""
-    return all(
-        isinstance(block.layer, BinaryLinear) and block.pool is None for block in net.blocks
-    ) and isinstance(net.head.layer, BinaryLinear)
-
-
-@torch.no_grad()
-def _bn_positive(bn: torch.nn.Module, values: Tensor) -> Tensor:
-    """``bn(values) >= 0`` with the module in eval mode, for ``values`` of shape ``(K, C)``."""
-    training = bn.training
-    try:
-        bn.eval()
-        return bn(values) >= 0
-    finally:
-        bn.train(training)
-
-
-@torch.no_grad()
-def exact_integer_thresholds(bn: torch.nn.Module, n: int) -> tuple[Tensor, Tensor]:
-    """Fold ``sign(bn(a))`` for integer ``a`` in ``[-n, n]`` into ``d a >= T`` exactly.
-
-    ``bn`` (eval mode, float32) is evaluated on every integer in ``[-n, n]``; ``sign`` of an
-    affine map is monotone, so its output is ``+1`` exactly on ``{a >= T}`` (``gamma >= 0``)
-    or ``{a <= U}`` (``gamma < 0``). The result reproduces the module bit for bit.
-
-    Args:
-        bn: the BatchNorm of a hidden block with ``C`` channels.
-        n: fan-in (``|a| <= n``).
-
-    Returns:
-        ``(d, T)``: int64 ``(C,)`` directions in ``{-1, +1}`` and thresholds, with output
-        ``+1`` iff ``d * a >= T``.
-
-    """
-    param = next(bn.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
-    device = bn.running_mean.device
-    values = torch.arange(-n, n + 1, dtype=dtype, device=device)
-    channels = bn.num_features
-    table = _bn_positive(
-        bn, values.view(-1, 1).expand(-1, channels).contiguous()
-    ).cpu()  # (2n+1, C)
-    gamma = bn.weight.detach().cpu() if bn.affine else torch.ones(channels)
-    d = torch.where(gamma < 0, -1, 1).to(torch.int64)
-    # gamma >= 0: first a with +1 (n + 1 when none); gamma < 0: -(last a with +1) (n + 1 when none)
-    ints = torch.arange(-n, n + 1, dtype=torch.int64).view(-1, 1)
-    big = torch.full_like(ints, n + 1)
-    first = torch.where(table, ints, big).min(0).values
-    last = torch.where(table, ints, -big).max(0).values
-    T = torch.where(d > 0, first, -last)
-    rebuilt = (d.view(1, -1) * ints) >= T.view(1, -1)
-    if not torch.equal(rebuilt, table):
-        raise RuntimeError("BatchNorm output is not monotone in its input; cannot fold it")
-    return d, T
-
-
-def _ordered(bits: Tensor) -> Tensor:
-    """Map float32 bit patterns (int64) to integers ordered like the floats."""
-    return torch.where(bits >= 0, bits, -(bits & 0x7FFFFFFF))
-
-
-def _unordered(keys: Tensor) -> Tensor:
-    return torch.where(keys >= 0, keys, (-keys) | -0x80000000)
-
-
-@torch.no_grad()
-def exact_float_thresholds(bn: torch.nn.Module) -> tuple[Tensor, Tensor]:
-    """Fold ``sign(bn(a))`` for float32 ``a`` into ``d a >= T`` exactly (bisection on floats).
-
-    The smallest (``gamma >= 0``) or largest (``gamma < 0``) float32 ``a`` with
-    ``bn(a) >= 0`` is found by bisection over the float32 values in their order, evaluating the
-    module itself, so ``d a >= T`` reproduces ``bn(a) >= 0`` for every float32 ``a``.
-
-    Returns:
-        ``(d, T)``: float32 ``(C,)`` directions and thresholds (``T = +inf`` when no finite
-        ``a`` gives ``+1``; ``-inf`` when every one does).
-
-    """
-    channels = bn.num_features
-    device = bn.running_mean.device
-    gamma = bn.weight.detach() if bn.affine else torch.ones(channels, device=device)
-    d = torch.where(gamma < 0, -1.0, 1.0).to(torch.float32)
-    big = torch.finfo(torch.float32).max
-    lo_key = torch.full((channels,), int(_ordered(torch.tensor([-big]).view(torch.int32).long())))
-    hi_key = torch.full((channels,), int(_ordered(torch.tensor([big]).view(torch.int32).long())))
-
-    def positive(keys: Tensor) -> Tensor:
-        """d-oriented predicate, monotone non-decreasing in the key: +1 at a = d * float(key)."""
-        a = _unordered(keys).to(torch.int32).view(torch.float32).to(device) * d
-        return _bn_positive(bn, a.view(1, -1).expand(2, -1).contiguous())[0].cpu()
-
-    d_cpu = d.cpu()
-    all_pos = positive(lo_key)
-    none_pos = ~positive(hi_key)
-    lo, hi = lo_key.clone(), hi_key.clone()  # invariant: positive(hi) (when not none_pos)
-    # 64-ary search over the float32 order: ~6 evaluations of the module on (63, C) candidates
-    steps = torch.arange(1, _FANOUT, dtype=torch.long).view(-1, 1)
-    for _ in range(40):
-        if bool((hi - lo <= 1).all()):
-            break
-        keys = lo.view(1, -1) + ((hi - lo).view(1, -1) * steps) // _FANOUT  # (63, C)
-        values = _unordered(keys).to(torch.int32).view(torch.float32).to(device) * d.view(1, -1)
-        pos = _bn_positive(bn, values.contiguous()).cpu()
-        pos = torch.cat([pos, torch.ones(1, channels, dtype=torch.bool)])  # hi is positive
-        first = pos.long().argmax(0)  # first positive candidate (monotone along rows)
-        bounds = torch.cat([keys, hi.view(1, -1)])
-        new_hi = bounds.gather(0, first.view(1, -1)).view(-1)
-        below = torch.cat([lo.view(1, -1), keys])
-        new_lo = below.gather(0, first.view(1, -1)).view(-1)
-        hi, lo = new_hi, new_lo
-    t = _unordered(hi).to(torch.int32).view(torch.float32)
-    t = torch.where(all_pos, torch.tensor(-math.inf), t)
-    t = torch.where(none_pos, torch.tensor(math.inf), t)
-    return d_cpu, t
-
 
 #: Popcount products below this many word pairs run single-threaded.
 _SMALL_WORK = 1 << 22
@@ -175,8 +64,70 @@ _SPARSE_COST = 400
 #: Fewest samples per thread of the split first-layer matmul (a thread hand-off costs ~50 us).
 _MIN_ROWS_PER_THREAD = 512
 
-#: Candidates per step of the search for float thresholds.
-_FANOUT = 64
+#: Largest number of input levels :func:`detect_input_levels` tries.
+MAX_LEVELS = 4096
+
+#: How far ``x * L`` may lie from an integer (the export's check of integer pixels).
+_LEVEL_TOLERANCE = 1e-3
+
+
+def detect_input_levels(x: Tensor, max_levels: int = MAX_LEVELS) -> int | None:
+    """The smallest ``L <= max_levels`` with every input ``q / L`` for an integer ``q`` in [0, L].
+
+    Args:
+        x: inputs of any shape (e.g. ``(N, 1, 28, 28)``).
+        max_levels: the largest ``L`` tried.
+
+    Returns:
+        ``L``, or ``None`` when the inputs lie on no such grid (``|x L - q| <= 1e-3`` for all).
+
+    Example:
+        >>> detect_input_levels(torch.tensor([0.0, 3 / 255, 1.0]))
+        255
+        >>> detect_input_levels(torch.tensor([-0.42, 0.5])) is None
+        True
+
+    """
+    values = torch.unique(x.detach().cpu().to(torch.float64).reshape(-1))
+    if values.numel() == 0:
+        return 1
+    if values.numel() > max_levels + 1 or values[0] < -_LEVEL_TOLERANCE:
+        return None
+    if values[-1] > 1 + _LEVEL_TOLERANCE:
+        return None
+    for start in range(1, max_levels + 1, 256):
+        levels = torch.arange(start, min(start + 256, max_levels + 1), dtype=torch.float64)
+        scaled = values.view(-1, 1) * levels.view(1, -1)  # (U, candidates)
+        fits = ((scaled - scaled.round()).abs() <= _LEVEL_TOLERANCE).all(0)
+        if bool(fits.any()):
+            return int(levels[fits.nonzero()[0, 0]])
+    return None
+
+
+def integer_pixels(x: Tensor, levels: int) -> Tensor:
+    """The integer pixels ``q = round(x L)`` of inputs ``x = q / L``, checked.
+
+    Args:
+        x: ``(N, ...)`` inputs.
+        levels: ``L``.
+
+    Returns:
+        int64 ``q`` of ``x``'s shape, on the CPU.
+
+    Raises:
+        ValueError: if some ``x L`` is not within ``1e-3`` of an integer in ``[0, L]``.
+
+    """
+    scaled = x.detach().cpu().to(torch.float64) * levels
+    q = scaled.round()
+    if q.numel() and (
+        float((scaled - q).abs().max()) > _LEVEL_TOLERANCE or q.min() < 0 or q.max() > levels
+    ):
+        raise ValueError(
+            f"Expected the inputs to be q / {levels} with integer q in [0, {levels}], but they "
+            f"span [{float(x.min())}, {float(x.max())}] and are not all on that grid"
+        )
+    return q.to(torch.int64)
 
 
 def _pack_rows(bits: np.ndarray) -> np.ndarray:
@@ -188,18 +139,50 @@ def _pack_rows(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=-1, bitorder="little").view("<u4").astype(np.uint32, copy=False)
 
 
-def _pack_columns(bits: np.ndarray) -> np.ndarray:
-    """Pack bool ``(n, N)`` (feature-major, True = -1) into uint32 ``(N, ceil(n / 32))``."""
-    n, cols = bits.shape
-    words = -(-n // 32)
-    if words * 32 != n:
-        bits = np.pad(bits, ((0, words * 32 - n), (0, 0)))
-    packed = np.packbits(bits, axis=0, bitorder="little")  # (4 * words, N) bytes
-    return np.ascontiguousarray(packed.T).view("<u4").astype(np.uint32, copy=False)
+def _pack_hwc(bits: np.ndarray) -> np.ndarray:
+    """Pack bool ``(..., C)`` (True = -1) into uint64 ``(..., ceil(C / 64))`` (padding bits 0)."""
+    channels = bits.shape[-1]
+    words = -(-channels // 64)
+    if words * 64 != channels:
+        pad = [(0, 0)] * (bits.ndim - 1) + [(0, words * 64 - channels)]
+        bits = np.pad(bits, pad)
+    packed = np.packbits(bits, axis=-1, bitorder="little")
+    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64, copy=False)
 
 
-class _Popcount:
-    """``a = x @ w.T`` for packed signs: native kernel when available, else exact torch matmul."""
+def _unpack(packed: np.ndarray, n: int) -> np.ndarray:
+    """uint32/uint64 ``(..., words)`` -> bool ``(..., n)`` (True = -1)."""
+    as_bytes = np.ascontiguousarray(packed).view(np.uint8)
+    return np.unpackbits(as_bytes, axis=-1, count=n, bitorder="little").astype(bool)
+
+
+def _conv_torch(
+    x: np.ndarray,
+    weight: np.ndarray,
+    t: np.ndarray,
+    d: np.ndarray,
+    channels: int,
+    stride: int,
+    padding: int,
+    pool: int,
+) -> np.ndarray:
+    """Fallback of the native ``conv_sign``: float64 torch (exact), same layouts."""
+    if x.dtype == np.uint64:
+        v = np.where(_unpack(x, channels), -1.0, 1.0)
+    else:
+        v = x.astype(np.float64)
+    v = torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)))
+    a = F.conv2d(v, torch.from_numpy(weight.astype(np.float64)), None, stride, padding)
+    if pool > 1:
+        a = F.max_pool2d(a, pool)
+    shape = (-1, 1, 1)
+    d64 = torch.from_numpy(d.astype(np.float64)).view(shape)
+    negative = d64 * (a - torch.from_numpy(t.astype(np.float64)).view(shape)) < 0
+    return _pack_hwc(negative.permute(0, 2, 3, 1).numpy())
+
+
+class _Kernels:
+    """Binary products and convolutions: the native library when available, else exact torch."""
 
     def __init__(self, backend: str = "auto") -> None:
         self.lib = None
@@ -218,14 +201,17 @@ class _Popcount:
         self.name = "native" if self.lib is not None else "torch"
 
     def __call__(self, xpacked: np.ndarray, wpacked: np.ndarray, n: int) -> np.ndarray:
+        """int32 ``a = x @ w.T`` of packed ``(N, words)`` and ``(rows, words)`` uint32 signs."""
         if self.lib is not None:
             # small products run on one thread: waking a pool costs more than the work
             work = xpacked.shape[0] * wpacked.shape[0] * wpacked.shape[1]
             threads = 1 if work < _SMALL_WORK else None
             return self.lib.binary_dense(xpacked, wpacked, n, threads=threads, check_padding=False)
-        x = _unpack(xpacked, n)
-        w = _unpack(wpacked, n)
-        return (x @ w.T).to(torch.int32).numpy()
+        # every bit of the words: padding bits (0 in both, +1 * +1) add the padding count
+        total = 32 * xpacked.shape[1]
+        x = torch.from_numpy(np.where(_unpack(xpacked, total), -1.0, 1.0))
+        w = torch.from_numpy(np.where(_unpack(wpacked, total), -1.0, 1.0))
+        return ((x @ w.T) - (total - n)).to(torch.int32).numpy()
 
     def signs(self, xpacked: np.ndarray, wpacked: np.ndarray, n: int, t: np.ndarray) -> np.ndarray:
         """Packed next-layer input bits ``a < t`` (True = -1) of ``a = x @ w.T``."""
@@ -233,30 +219,30 @@ class _Popcount:
             work = xpacked.shape[0] * wpacked.shape[0] * wpacked.shape[1]
             threads = 1 if work < _SMALL_WORK else None
             return self.lib.binary_dense_sign(xpacked, wpacked, n, t.reshape(-1), threads=threads)
-        return _pack_rows(self(xpacked, wpacked, n) < t)
+        return _pack_rows(self(xpacked, wpacked, n) < t.reshape(1, -1))
 
     def threshold(self, a: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Packed bits ``a < t`` (True = -1) of int32 pre-activations ``(N, C)``."""
+        t = np.ascontiguousarray(t.reshape(-1), dtype=np.int32)
         if self.lib is not None:
             # one thread: it follows a torch matmul, and its own threads then compete with
             # torch's OpenMP pool (measured 2.6 ms with 2 threads, 1.75 ms with 1)
-            return self.lib.sign_pack(a, t.reshape(-1).astype(np.int32, copy=False), threads=1)
+            return self.lib.sign_pack(a, t, threads=1)
         return _pack_rows(a < t)
 
-
-def _unpack(packed: np.ndarray, n: int) -> Tensor:
-    bits = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[..., :n]
-    return torch.from_numpy(1.0 - 2.0 * bits.astype(np.float32))
-
-
-def _dyadic_exponent(x: Tensor) -> int | None:
-    """Smallest ``k <= 12`` with ``x * 2^k`` integral (every sum then exact), else ``None``."""
-    x = x.to(torch.float32)
-    for k in range(0, 13):
-        scaled = x * 2.0**k  # exact: a power-of-two scale
-        if not bool(torch.frac(scaled).any()):
-            return k if float(scaled.abs().sum(1, dtype=torch.float64).max()) < 2.0**24 else None
-    return None
+    def conv(self, x: np.ndarray, layer: DeployConv, weight: np.ndarray) -> np.ndarray:
+        """Packed HWC output signs of the block ``layer`` with int8 kernels ``weight``."""
+        t = layer.threshold.astype(np.int32)
+        geometry = (layer.in_shape[0], layer.stride, layer.padding, layer.pool)
+        if self.lib is None:
+            return _conv_torch(x, weight, t, layer.direction, *geometry)
+        if x.dtype == np.uint64:  # binary input: packed kernels (C_out, k, k, words)
+            weight = _pack_hwc(weight.transpose(0, 2, 3, 1) < 0)
+        channels, stride, padding, pool = geometry
+        return self.lib.conv_sign(
+            x, weight, t, layer.direction, channels=channels, stride=stride, padding=padding,
+            pool=pool,
+        )  # fmt: skip
 
 
 def _int8_matmul_available() -> bool:
@@ -269,122 +255,160 @@ def _int8_matmul_available() -> bool:
         return False
 
 
-def _exact_float32(x: Tensor) -> bool:
-    """Whether every float32 sum of ``+-x_i`` per row is exact (inputs on a dyadic grid)."""
-    for k in range(0, 13):
-        scaled = x.double() * 2.0**k
-        if torch.equal(scaled, scaled.round()):
-            return float(scaled.abs().sum(1).max()) < 2.0**24
-    return False
+def _fold_rows(layer: DeployLayer) -> tuple[np.ndarray, np.ndarray]:
+    """Bool signs (True = -1) with row j negated where ``d_j = -1``, and int32 ``d T``.
+
+    Negating row j turns ``d (a - T) >= 0`` into ``a' >= d T`` for ``a' = d a``.
+    """
+    d = layer.direction.astype(np.int64)
+    signs = (layer.weight < 0) ^ (d < 0)[:, None]
+    return signs, (d * layer.threshold).astype(np.int32)
 
 
-class FastDenseEvaluator:
-    """Exact accuracy of a fully connected BNN under weight fault maps, fast.
+class FastEvaluator:
+    """Exact deploy-mode predictions of a BNN (dense or convolutional) under weight fault maps.
 
     Args:
-        net: a :class:`~lightning_bet.models.BNN` whose blocks are dense without pooling.
-        x: ``(N, *input_shape)`` or ``(N, features)`` inputs.
+        net: a :class:`~lightning_bet.models.BNN` that :func:`~lightning_bet.deploy.fold.to_deploy`
+            accepts (real-valued first layer; conv blocks with zero padding and max-pool, then
+            dense blocks, then the output layer).
+        x: ``(N, *input_shape)`` or ``(N, features)`` inputs ``q / L``.
         y: ``(N,)`` labels.
-        backend: popcount backend, ``"auto"`` (native C kernel if it compiles), ``"native"``
-            or ``"torch"``.
+        input_levels: ``L``; ``None`` detects it (:func:`detect_input_levels`).
+        backend: kernels, ``"auto"`` (native C library if it compiles), ``"native"`` or
+            ``"torch"`` (exact float64/float32 torch ops).
+
+    Raises:
+        ValueError: the inputs are not ``q / L`` for integer ``q`` in ``[0, L]``, or the network
+            has a block deploy mode does not support (the message names it).
 
     Example:
         >>> from lightning_bet.models import build_model
-        >>> net = build_model(hidden=(32,)).eval()
-        >>> x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
-        >>> ev = FastDenseEvaluator(net, x, y)
-        >>> ev.correct([torch.empty(0, dtype=torch.long)] * 2) == int((net(x).argmax(1) == y).sum())
-        True
+        >>> net = build_model("vgg3", (1, 8, 8), 10, (16,)).eval()
+        >>> x, y = torch.randint(0, 17, (16, 1, 8, 8)) / 16, torch.randint(0, 10, (16,))
+        >>> ev = FastEvaluator(net, x, y)
+        >>> ev.input_levels, ev.correct([torch.empty(0, dtype=torch.long)] * 4) <= 16
+        (16, True)
 
     """
 
     @torch.no_grad()
-    def __init__(self, net: BNN, x: Tensor, y: Tensor, backend: str = "auto") -> None:
-        if not supports_fast_path(net):
-            raise ValueError(
-                "Expected a fully connected BNN (dense blocks without pooling) for the fast "
-                "path, but got convolution or pooling layers"
-            )
-        self.popcount = _Popcount(backend)
-        self._pool: ThreadPoolExecutor | None = None  # split first-layer matmuls
-        self.layers = [block.layer for block in net.blocks] + [net.head.layer]
-        self.signs = [
-            (layer.weight.detach().cpu() < 0).numpy() for layer in self.layers
-        ]  # True = -1
-        self.y = y.detach().cpu().numpy()
-        x = x.detach().cpu().flatten(1).to(torch.float32)
-        if x.shape[1] != self.layers[0].in_features:
-            raise ValueError(
-                f"Expected inputs with {self.layers[0].in_features} features, but got "
-                f"{tuple(x.shape)}"
-            )
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        x: Tensor,
+        y: Tensor,
+        input_levels: int | None = None,
+        backend: str = "auto",
+    ) -> None:
         if x.shape[0] != y.shape[0]:
             raise ValueError(
                 f"Expected `x` and `y` with the same number of samples, but got {x.shape[0]} "
                 f"and {y.shape[0]}"
             )
-        self.samples = x.shape[0]
-        first = self.layers[0]
-        self.real_first = not first.binarize_input and len(net.blocks) > 0
-        self.thresholds: list[tuple[np.ndarray, np.ndarray]] = []
-        for i, block in enumerate(net.blocks):
-            if i == 0 and self.real_first:
-                d, t = exact_float_thresholds(block.bn)
-                self.first_d = d.view(-1, 1)
-                self.first_t = t.view(-1, 1)
+        levels = detect_input_levels(x) if input_levels is None else input_levels
+        if levels is None:
+            raise ValueError(
+                "Expected inputs q / L with integer q in [0, L] for some L <= "
+                f"{MAX_LEVELS} (the fast path is exact on integer pixels), but got values in "
+                f"[{float(x.min())}, {float(x.max())}] on no such grid"
+            )
+        self.model: DeployModel = to_deploy(net, levels)
+        self.input_levels = self.model.input_levels
+        q = integer_pixels(x, levels)
+        if q.reshape(q.shape[0], -1).shape[1] != self.model.in_features:
+            raise ValueError(
+                f"Expected inputs with {self.model.in_features} pixels per sample, but got "
+                f"{tuple(x.shape)}"
+            )
+        self.kernels = _Kernels(backend)
+        self._pool: ThreadPoolExecutor | None = None  # split first-layer matmuls
+        self.y = y.detach().cpu().numpy()
+        self.samples = int(x.shape[0])
+        layers = self.model.layers
+        self.layers = layers
+        #: per layer: bool signs (True = -1) in the layout its kernel takes, PyTorch order for
+        #: convolutions; dense layers fed by a convolution have columns in the packed HWC order
+        self.signs: list[np.ndarray] = []
+        #: per dense layer fed by a convolution: packed column of each (C, H, W) input index
+        self.columns: list[np.ndarray | None] = []
+        self.thresholds: list[np.ndarray | None] = []
+        for i, layer in enumerate(layers):
+            if isinstance(layer, DeployConv):
+                self.signs.append(layer.weight < 0)
+                self.columns.append(None)
+                self.thresholds.append(None)
+                continue
+            if layer.threshold is not None:
+                signs, t = _fold_rows(layer)
             else:
-                d, t = exact_integer_thresholds(block.bn, block.layer.in_features)
-                # fold d into the weights: negating row j turns ``d a >= T`` into ``a >= T``
-                self.signs[i] = self.signs[i] ^ (d < 0).numpy()[:, None]
-                self.thresholds.append(t.numpy().astype(np.int32))
-        if self.real_first:
-            self._prepare_first(x, first)
-        else:
-            self.input_bits = _pack_rows((x < 0).numpy())  # sign(0) = +1
-        self.packed_clean = [_pack_rows(s) for s in self.signs]
-
-    def _prepare_first(self, x: Tensor, first: BinaryLinear) -> None:
-        """Choose the first-layer kernel and cache its clean output bits.
-
-        ``"int8"``: inputs are ``q / 2^k`` with integers ``|q| <= 127`` (digits, 4-bit images):
-        an exact int8 matmul ``q @ W'^T`` per fault map, compared with the float thresholds
-        scaled to integers (``d a >= T  <=>  d (q W'^T) >= ceil(T 2^k)``, exact); with few
-        flips (``flips * _SPARSE_COST < out * in``) the cached clean product plus a CSR update
-        of the touched neurons instead (:meth:`_first_bits_sparse_int`).
-        ``"sparse"``: otherwise, the clean product (exact, float32 or float64) plus a CSR update
-        over the flipped weights only.
-        """
-        w_sign = torch.where(first.weight.detach().cpu() >= 0, 1.0, -1.0)
-        self.first_kernel = "sparse"
-        k = _dyadic_exponent(x)
-        if k is not None:
-            q = x.double() * 2.0**k
-            if float(q.abs().max()) <= 127 and _int8_matmul_available():
-                self.first_kernel = "int8"
-                self.q = q.round().to(torch.int8).contiguous()  # (N, in)
-                # fold the directions into the weights: row j negated where d_j = -1
-                self.w0_int8 = (w_sign * self.first_d.view(-1, 1)).to(torch.int8)
-                self.w0_int8_np = self.w0_int8.numpy()
-                scaled = self.first_t.view(-1).double() * 2.0**k
-                limit = 2.0**31 - 1
-                self.first_t_int = (
-                    torch.ceil(scaled).clamp(-limit, limit).to(torch.int32).view(1, -1).numpy()
+                signs, t = layer.weight < 0, None
+            previous = layers[i - 1] if i > 0 else None
+            columns = None
+            if isinstance(previous, DeployConv):
+                channels, height, width = previous.out_shape
+                words = -(-channels // 64)
+                c, h, w = np.meshgrid(
+                    np.arange(channels), np.arange(height), np.arange(width), indexing="ij"
                 )
-                clean = torch._int_mm(self.q, self.w0_int8.T)  # (N, out) int32, exact
-                self.clean_first_bits = _pack_rows(clean.numpy() < self.first_t_int)
-                # sparse correction state: float32 is exact (|sums| <= 127 * in < 2^24)
-                self.q_t_np = self.q.T.to(torch.float32).contiguous().numpy()  # (in, N)
-                self.clean_first_np = clean.T.to(torch.float32).contiguous().numpy()  # (out, N)
-                return
-        self.dtype = torch.float32 if _exact_float32(x) else torch.float64
-        self.xt = x.T.contiguous().to(self.dtype)  # (in, N)
-        w0 = w_sign.to(self.dtype)
-        self.clean_first = (w0 @ self.xt).contiguous()  # (out, N), exact
-        self.w0_flat = w0.flatten()
-        self.clean_first_bits = self._first_bits(self.clean_first)
+                columns = ((h * width + w) * words * 64 + c).reshape(-1)  # (C, H, W) order
+                placed = np.zeros((signs.shape[0], height * width * words * 64), dtype=bool)
+                placed[:, columns] = signs
+                signs = placed
+            self.signs.append(signs)
+            self.columns.append(columns)
+            self.thresholds.append(t)
+        self.packed_clean = [self._pack(i, self.signs[i]) for i in range(len(layers))]
+        self._prepare_first(q)
+        # outputs of every hidden layer without faults, reused where no flip reaches
+        empty = [torch.empty(0, dtype=torch.long)] * len(layers)
+        self.clean: list[np.ndarray] | None = None
+        self.clean = self._forward(empty, slice(None), keep=True)
 
-    def _first_bits_int(self, w_int8: Tensor, cols: slice = slice(None)) -> np.ndarray:
-        """Packed first-layer output bits from one exact int8 matmul ``q @ w^T``.
+    def _pack(self, i: int, signs: np.ndarray) -> np.ndarray:
+        """Packed weights of layer ``i`` (int8 +-1 kernels for convolutions)."""
+        if isinstance(self.layers[i], DeployConv):
+            return np.where(signs, -1, 1).astype(np.int8)
+        return _pack_rows(signs)
+
+    def _prepare_first(self, q: Tensor) -> None:
+        """Integer pixels in the first layer's layout; for dense, the int8 kernel's state.
+
+        Dense first layers choose ``"int8"`` (``q <= 255``: ``q`` or ``q - 128`` as int8, an exact
+        ``torch._int_mm`` per fault map, or with few flips the cached clean product plus a CSR
+        update of the touched rows) or ``"exact"`` (exact float matmul of the integers).
+        """
+        first = self.layers[0]
+        if isinstance(first, DeployConv):
+            self.first_kernel = "conv"
+            shape = (q.shape[0], *first.in_shape)
+            self.q_hwc = q.reshape(shape).permute(0, 2, 3, 1).to(torch.int16).contiguous().numpy()
+            return
+        q = q.reshape(q.shape[0], -1)
+        top = int(q.max()) if q.numel() else 0
+        self.offset = 128 if top > 127 else 0
+        if top <= 255 and _int8_matmul_available():
+            self.first_kernel = "int8"
+            self.q8 = (q - self.offset).to(torch.int8).contiguous()  # (N, in)
+            self.w8_clean = np.where(self.signs[0], -1, 1).astype(np.int8)  # d folded
+            clean = torch._int_mm(self.q8, torch.from_numpy(self.w8_clean).T)  # (N, out) exact
+            # sparse correction state: float32 is exact (|sums| <= 128 * in < 2^24)
+            self.q8_t = self.q8.T.to(torch.float32).contiguous().numpy()  # (in, N)
+            self.clean_first = clean.T.to(torch.float32).contiguous().numpy()  # (out, N)
+        else:
+            self.first_kernel = "exact"
+            bound = first.in_features * max(top, 1)
+            self.q_float = q.to(torch.float32 if bound < 2**24 else torch.float64)
+
+    def _first_threshold(self, w8: np.ndarray) -> np.ndarray:
+        """int32 ``(out,)`` thresholds for the int8 product of ``q - offset`` with ``w8``."""
+        t = self.thresholds[0].astype(np.int64)
+        if self.offset:
+            t = t - self.offset * w8.sum(axis=1, dtype=np.int64)
+        return t.astype(np.int32)
+
+    def _first_bits_int(self, w8: np.ndarray, cols: slice) -> np.ndarray:
+        """Packed first-layer output bits from one exact int8 matmul.
 
         The samples are split over as many Python threads as torch has intra-op threads, each
         running a one-thread matmul and thresholding its rows, instead of one matmul on torch's
@@ -392,69 +416,27 @@ class FastDenseEvaluator:
         784-1024-1024-10, 10,000 samples, 2 cores: 44-51 ms per fault map through the pool,
         28-30 ms split).
         """
-        q = self.q[cols]
+        q = self.q8[cols]
+        w = torch.from_numpy(w8)
+        t = self._first_threshold(w8)
 
         def part(rows: slice) -> np.ndarray:
             if torch.get_num_threads() != 1:  # a pool thread's first torch op fixes it at 1
                 torch.set_num_threads(1)
-            a = torch._int_mm(q[rows], w_int8.T).numpy()  # (rows, out) int32, exact
-            return self.popcount.threshold(a, self.first_t_int)
+            a = torch._int_mm(q[rows], w.T).numpy()  # (rows, out) int32, exact
+            return self.kernels.threshold(a, t)
 
         with single_torch_thread() as threads:
             size = -(-q.shape[0] // threads)
             if threads == 1 or size < _MIN_ROWS_PER_THREAD:
                 return part(slice(None))
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fast-forward")
+                self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fast-sweep")
             chunks = [slice(lo, lo + size) for lo in range(0, q.shape[0], size)]
             futures = [self._pool.submit(part, chunk) for chunk in chunks]
             return np.concatenate([future.result() for future in futures])
 
-    def _first_bits(self, a: Tensor) -> np.ndarray:
-        """Packed output bits (True = -1) of the first layer from its ``(out, N)`` product."""
-        a32 = a.to(torch.float32) if a.dtype != torch.float32 else a
-        negative = (a32 * self.first_d) < self.first_t
-        return _pack_columns(negative.numpy())
-
-    def _weights(self, layer: int, flips: Tensor) -> np.ndarray:
-        if flips.numel() == 0:
-            return self.packed_clean[layer]
-        bits = self.signs[layer].copy()
-        flat = bits.reshape(-1)
-        idx = flips.cpu().numpy()
-        flat[idx] = ~flat[idx]
-        return _pack_rows(bits)
-
-    @torch.no_grad()
-    def _first_layer(self, flips: Tensor, cols: slice) -> np.ndarray:
-        if flips.numel() == 0:
-            return self.clean_first_bits[cols]
-        if self.first_kernel == "int8":
-            out_f, in_f = self.w0_int8.shape
-            if flips.numel() * _SPARSE_COST < out_f * in_f:
-                return self._first_bits_sparse_int(flips.cpu(), cols)
-            # numpy fancy indexing: a torch ``flat[idx] *= -1`` costs ~0.5 us per flip
-            idx = flips.cpu().numpy()
-            w = self.w0_int8_np.copy()
-            flat = w.reshape(-1)
-            flat[idx] = -flat[idx]
-            return self._first_bits_int(torch.from_numpy(w), cols)
-        out_f, in_f = self.layers[0].weight.shape
-        flips = flips.cpu()
-        rows, col_idx = flips // in_f, flips % in_f
-        values = -2.0 * self.w0_flat[flips]
-        crow = torch.zeros(out_f + 1, dtype=torch.long)
-        crow[1:] = torch.bincount(rows, minlength=out_f).cumsum(0)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            delta = torch.sparse_csr_tensor(
-                crow, col_idx, values, (out_f, in_f), check_invariants=False
-            )
-        xt = self.xt[:, cols]
-        a = torch.addmm(self.clean_first[:, cols], delta, xt)
-        return self._first_bits(a)
-
-    def _first_bits_sparse_int(self, flips: Tensor, cols: slice) -> np.ndarray:
+    def _first_bits_sparse(self, idx: np.ndarray, cols: slice, clean: np.ndarray) -> np.ndarray:
         """First-layer bits from the clean product and a correction over the flipped weights.
 
         ``a'_j = a_j - 2 sum_{flipped (j, i)} w_ji q_i``, evaluated only for the rows ``j`` with
@@ -464,37 +446,116 @@ class FastDenseEvaluator:
 
         # numpy/scipy on purpose: torch's OpenMP pool would still be spinning when the native
         # popcount kernel starts its threads right after (measured: 4x slower popcount)
-        in_f = self.w0_int8.shape[1]
-        idx = flips.numpy()
+        out_f, in_f = self.w8_clean.shape
         rows, counts = np.unique(idx // in_f, return_counts=True)
         crow = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(counts, out=crow[1:])
-        values = -2.0 * self.w0_int8_np.reshape(-1)[idx].astype(np.float32)
+        values = -2.0 * self.w8_clean.reshape(-1)[idx].astype(np.float32)
         delta = scipy.sparse.csr_matrix((values, idx % in_f, crow), shape=(rows.size, in_f))
-        a = self.clean_first_np[rows][:, cols] + delta @ self.q_t_np[:, cols]  # (rows, len(cols))
-        negative = (a < self.first_t_int.reshape(-1)[rows, None]).astype(np.uint8)
+        a = self.clean_first[rows][:, cols] + delta @ self.q8_t[:, cols]  # (rows, len(cols))
+        t = self.thresholds[0][rows].astype(np.int64)
+        if self.offset:  # the flipped rows' sums of weights
+            flipped_sum = self.w8_clean[rows].sum(axis=1, dtype=np.int64)
+            flipped_sum += np.bincount(
+                np.searchsorted(rows, idx // in_f), weights=values, minlength=rows.size
+            ).astype(np.int64)
+            t = t - self.offset * flipped_sum
+        negative = (a < t[:, None]).astype(np.uint8)
         # OR the new bits of the touched neurons into their packed bytes (LSB-first)
         byte, shift = rows // 8, rows % 8
-        clean = self.clean_first_bits[cols].view(np.uint8)  # (len(cols), 4 * words)
-        new_bits = np.zeros((clean.shape[1], clean.shape[0]), dtype=np.uint8)
-        mask = np.zeros(clean.shape[1], dtype=np.uint8)
+        clean_bytes = clean.view(np.uint8)  # (len(cols), 4 * words)
+        new_bits = np.zeros((clean_bytes.shape[1], clean_bytes.shape[0]), dtype=np.uint8)
+        mask = np.zeros(clean_bytes.shape[1], dtype=np.uint8)
         for bit in range(8):  # rows with the same bit position lie in distinct bytes
             sel = shift == bit
             new_bits[byte[sel]] |= negative[sel] << np.uint8(bit)
             mask[byte[sel]] |= np.uint8(1 << bit)
-        merged = (clean & ~mask) | new_bits.T
+        merged = (clean_bytes & ~mask) | new_bits.T
         return np.ascontiguousarray(merged).view(np.uint32)
+
+    def _flipped(self, i: int, flips: Tensor) -> np.ndarray:
+        """Signs of layer ``i`` (its kernel's layout) with the flat PyTorch indices flipped."""
+        idx = flips.cpu().numpy()
+        bits = self.signs[i].copy()
+        columns = self.columns[i]
+        if columns is not None:  # (row, C*H*W index) -> (row, packed column)
+            in_f = self.layers[i].in_features
+            idx = (idx // in_f) * bits.shape[1] + columns[idx % in_f]
+        flat = bits.reshape(-1)
+        flat[idx] = ~flat[idx]
+        return bits
+
+    def _first(self, flips: Tensor, cols: slice) -> np.ndarray:
+        first = self.layers[0]
+        if isinstance(first, DeployConv):
+            weight = (
+                self.packed_clean[0]
+                if flips.numel() == 0
+                else self._pack(0, self._flipped(0, flips))
+            )
+            return self.kernels.conv(self.q_hwc[cols], first, weight)
+        if self.first_kernel == "exact":
+            w = torch.from_numpy(np.where(self._flipped(0, flips), -1, 1)).to(self.q_float.dtype)
+            a = (self.q_float[cols] @ w.T).round().to(torch.int64).numpy()
+            return _pack_rows(a < self.thresholds[0].reshape(1, -1))
+        out_f, in_f = self.w8_clean.shape
+        if flips.numel() * _SPARSE_COST < out_f * in_f and self.clean is not None:
+            return self._first_bits_sparse(flips.cpu().numpy(), cols, self.clean[0][cols])
+        # numpy fancy indexing: a torch ``flat[idx] *= -1`` costs ~0.5 us per flip
+        idx = flips.cpu().numpy()
+        w8 = self.w8_clean.copy()
+        flat = w8.reshape(-1)
+        flat[idx] = -flat[idx]
+        return self._first_bits_int(w8, cols)
+
+    def _forward(self, flips: Sequence[Tensor], cols: slice, keep: bool = False) -> list:
+        """Outputs of every layer (hidden: packed signs; last: int32 logits)."""
+        outputs = []
+        clean = self.clean is not None
+        h = None
+        for i, layer in enumerate(self.layers):
+            clean = clean and flips[i].numel() == 0
+            last = i == len(self.layers) - 1
+            if clean and not last:
+                h = self.clean[i][cols]  # no flip reaches this layer
+            elif i == 0:
+                h = self._first(flips[0], cols)
+            elif isinstance(layer, DeployConv):
+                weight = (
+                    self.packed_clean[i]
+                    if flips[i].numel() == 0
+                    else self._pack(i, self._flipped(i, flips[i]))
+                )
+                h = self.kernels.conv(h, layer, weight)
+            else:
+                if h.dtype == np.uint64:  # a convolution's (N, H, W, words) map, flattened
+                    h = h.reshape(h.shape[0], -1).view(np.uint32)
+                w = (
+                    self.packed_clean[i]
+                    if flips[i].numel() == 0
+                    else _pack_rows(self._flipped(i, flips[i]))
+                )
+                n = layer.in_features
+                h = np.ascontiguousarray(h)
+                h = (
+                    self.kernels(h, w, n)
+                    if last
+                    else self.kernels.signs(h, w, n, self.thresholds[i])
+                )
+            if keep:
+                outputs.append(h)
+        return outputs if keep else [h]
 
     def predictions(self, flips: Sequence[Tensor], cols: slice = slice(None)) -> np.ndarray:
         """Predicted classes of samples ``cols`` under one fault map per layer.
 
         Args:
-            flips: per binary layer (blocks then head), sorted flat indices of flipped weights
-                in the ``(out, in)`` row-major layout.
+            flips: per binary layer (blocks then head), flat indices of flipped weights in
+                PyTorch's weight order (``(out, in)`` or ``(C_out, C_in, k, k)``, row-major).
             cols: the samples to evaluate (a slice).
 
         Returns:
-            int64 ``(len(cols),)`` predictions.
+            int64 ``(len(cols),)`` predictions (first index on ties).
 
         """
         if len(flips) != len(self.layers):
@@ -502,22 +563,31 @@ class FastDenseEvaluator:
                 f"Expected one fault map per binary layer ({len(self.layers)}), but got "
                 f"{len(flips)}"
             )
-        if self.real_first:
-            h = self._first_layer(flips[0], cols)
-            start = 1
-        else:
-            h = self.input_bits[cols]
-            start = 0
-        for k in range(start, len(self.layers) - 1):
-            t = self.thresholds[k - 1 if self.real_first else k]
-            w = self._weights(k, flips[k])
-            h = self.popcount.signs(np.ascontiguousarray(h), w, self.layers[k].in_features, t)
-        head = len(self.layers) - 1
-        a = self.popcount(
-            np.ascontiguousarray(h), self._weights(head, flips[head]), self.layers[head].in_features
-        )
-        return a.argmax(axis=1)
+        return self._forward(flips, cols)[-1].argmax(axis=1)
 
     def correct(self, flips: Sequence[Tensor], cols: slice = slice(None)) -> int:
         """Number of correctly classified samples ``cols`` under the fault maps ``flips``."""
         return int((self.predictions(flips, cols) == self.y[cols]).sum())
+
+
+def fast_evaluator(
+    net: torch.nn.Module, x: Tensor, y: Tensor, required: bool = False
+) -> tuple[FastEvaluator | None, str]:
+    """A :class:`FastEvaluator`, or ``None`` and the reason when it does not apply.
+
+    Args:
+        net: the BNN.
+        x: inputs.
+        y: labels.
+        required: raise the ``ValueError`` instead of returning ``None``.
+
+    Returns:
+        ``(evaluator or None, reason)`` (``reason`` is ``""`` with an evaluator).
+
+    """
+    try:
+        return FastEvaluator(net, x, y), ""
+    except ValueError as error:
+        if required:
+            raise
+        return None, str(error)
