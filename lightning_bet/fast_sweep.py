@@ -167,11 +167,11 @@ def _conv_torch(
     pool: int,
 ) -> np.ndarray:
     """Fallback of the native ``conv_sign``: float64 torch (exact), same layouts."""
-    if x.dtype == np.uint64:
-        v = np.where(_unpack(x, channels), -1.0, 1.0)
-    else:
+    if x.dtype == np.uint64:  # packed HWC signs
+        v = np.where(_unpack(x, channels), -1.0, 1.0).transpose(0, 3, 1, 2)
+    else:  # integer NCHW pixels
         v = x.astype(np.float64)
-    v = torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)))
+    v = torch.from_numpy(np.ascontiguousarray(v))
     a = F.conv2d(v, torch.from_numpy(weight.astype(np.float64)), None, stride, padding)
     if pool > 1:
         a = F.max_pool2d(a, pool)
@@ -230,18 +230,36 @@ class _Kernels:
             return self.lib.sign_pack(a, t, threads=1)
         return _pack_rows(a < t)
 
-    def conv(self, x: np.ndarray, layer: DeployConv, weight: np.ndarray) -> np.ndarray:
-        """Packed HWC output signs of the block ``layer`` with int8 kernels ``weight``."""
-        t = layer.threshold.astype(np.int32)
+    def conv(
+        self,
+        x: np.ndarray,
+        layer: DeployConv,
+        weight: np.ndarray,
+        channels: np.ndarray | None = None,
+        base: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Packed HWC output signs of the block ``layer`` with int8 kernels ``weight``.
+
+        With ``channels`` (sorted output channels, ``weight`` holding only theirs), only those
+        channels are computed and the other bits are taken from ``base``.
+        """
+        t, d = layer.threshold.astype(np.int32), layer.direction
+        if channels is not None:
+            t, d = t[channels], d[channels]
         geometry = (layer.in_shape[0], layer.stride, layer.padding, layer.pool)
         if self.lib is None:
-            return _conv_torch(x, weight, t, layer.direction, *geometry)
+            bits = _conv_torch(x, weight, t, d, *geometry)
+            if channels is None:
+                return bits
+            merged = _unpack(base, 64 * base.shape[-1])
+            merged[..., channels] = _unpack(bits, len(channels))
+            return _pack_hwc(merged)
         if x.dtype == np.uint64:  # binary input: packed kernels (C_out, k, k, words)
             weight = _pack_hwc(weight.transpose(0, 2, 3, 1) < 0)
-        channels, stride, padding, pool = geometry
+        in_channels, stride, padding, pool = geometry
         return self.lib.conv_sign(
-            x, weight, t, layer.direction, channels=channels, stride=stride, padding=padding,
-            pool=pool,
+            x, weight, t, d, channels=in_channels, stride=stride, padding=padding, pool=pool,
+            channel_index=channels, base=base,
         )  # fmt: skip
 
 
@@ -382,7 +400,7 @@ class FastEvaluator:
         if isinstance(first, DeployConv):
             self.first_kernel = "conv"
             shape = (q.shape[0], *first.in_shape)
-            self.q_hwc = q.reshape(shape).permute(0, 2, 3, 1).to(torch.int16).contiguous().numpy()
+            self.q_image = q.reshape(shape).to(torch.int16).numpy()  # (N, C, H, W)
             return
         q = q.reshape(q.shape[0], -1)
         top = int(q.max()) if q.numel() else 0
@@ -488,12 +506,14 @@ class FastEvaluator:
     def _first(self, flips: Tensor, cols: slice) -> np.ndarray:
         first = self.layers[0]
         if isinstance(first, DeployConv):
-            weight = (
-                self.packed_clean[0]
-                if flips.numel() == 0
-                else self._pack(0, self._flipped(0, flips))
-            )
-            return self.kernels.conv(self.q_hwc[cols], first, weight)
+            signs = self._flipped(0, flips)
+            touched = np.unique(flips.cpu().numpy() // first.fan_in)
+            if self.clean is not None and touched.size < first.weight.shape[0]:
+                # a kernel bit only moves its own channel: recompute the flipped channels only
+                weight = self._pack(0, signs[touched])
+                base = self.clean[0][cols]
+                return self.kernels.conv(self.q_image[cols], first, weight, touched, base)
+            return self.kernels.conv(self.q_image[cols], first, self._pack(0, signs))
         if self.first_kernel == "exact":
             w = torch.from_numpy(np.where(self._flipped(0, flips), -1, 1)).to(self.q_float.dtype)
             a = (self.q_float[cols] @ w.T).round().to(torch.int64).numpy()

@@ -68,7 +68,7 @@ def test_conv_sign_matches_float64_reference(geometry):
     q[0] = 0
     t = rng.integers(-60 * n, 60 * n + 1, size=cout).astype(np.int32)
     got = lib.conv_sign(
-        np.ascontiguousarray(q.transpose(0, 2, 3, 1).astype(np.int16)),
+        q.astype(np.int16),
         weight,
         t,
         d,
@@ -98,3 +98,46 @@ def test_conv_sign_rejects_bad_arguments():
         lib.conv_sign(x, w, t, d[:3], channels=3)
     with pytest.raises(ValueError, match="pool 4 does not fit 6x6 inputs"):
         lib.conv_sign(x, w, t, d, channels=3, padding=1, pool=4)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "integer"])
+def test_conv_sign_channel_subset_keeps_the_other_bits_of_base(binary):
+    rng = np.random.default_rng(5)
+    lib = get_library()
+    cin, cout, k = (70, 80, 3) if binary else (2, 80, 3)
+    w_a = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, cin, k, k))
+    w_b = w_a.copy()
+    subset = np.array([0, 3, 64, 79], dtype=np.int32)  # both output words
+    w_b[subset] = -w_b[subset]
+    t = rng.integers(-20, 21, size=cout).astype(np.int32)
+    d = rng.choice(np.array([-1, 1], dtype=np.int8), size=cout)
+    if binary:
+        x = _pack_hwc(rng.random((5, 9, 9, cin)) < 0.5)
+
+        def weights(w):
+            return _pack_hwc(w.transpose(0, 2, 3, 1) < 0)
+    else:
+        x = rng.integers(0, 256, size=(5, cin, 9, 9)).astype(np.int16)
+
+        def weights(w):
+            return w
+
+    kw = dict(channels=cin, padding=1, pool=3)
+    full_a = lib.conv_sign(x, weights(w_a), t, d, **kw)
+    full_b = lib.conv_sign(x, weights(w_b), t, d, **kw)
+    assert not np.array_equal(full_a, full_b)
+    got = lib.conv_sign(
+        x, weights(w_b[subset]), t[subset], d[subset], channel_index=subset, base=full_a, **kw
+    )
+    np.testing.assert_array_equal(got, full_b)
+    with pytest.raises(
+        ValueError, match=r"channel_index must hold 4 output channels in \[0, 128\)"
+    ):
+        lib.conv_sign(
+            x, weights(w_b[subset]), t[subset], d[subset], channel_index=subset + 100,
+            base=full_a, **kw,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="base must be a numpy uint64 array of shape"):
+        lib.conv_sign(x, weights(w_b[subset]), t[subset], d[subset], channel_index=subset, **kw)
+    with pytest.raises(ValueError, match="base is only used with channel_index"):
+        lib.conv_sign(x, weights(w_a), t, d, base=full_a, **kw)

@@ -439,17 +439,19 @@ class BinaryDenseLibrary:
         stride: int = 1,
         padding: int = 0,
         pool: int = 1,
+        channel_index: np.ndarray | None = None,
+        base: np.ndarray | None = None,
         threads: int | None = None,
     ) -> np.ndarray:
         """One convolutional block in deploy mode, packed output signs (see ``bconv.h``).
 
         Convolution with zero padding (padded positions contribute 0), max-pool (window and
         stride ``pool``) on the integer pre-activation ``a``, then the output is +1 iff
-        ``d (max a - t) >= 0``. Maps are HWC: one position's channels are whole words.
+        ``d (max a - t) >= 0``. Binary maps are HWC: one position's channels are whole words.
 
         Args:
             x: binary inputs, ``uint64 (batch, H, W, ceil(channels / 64))`` packed signs (bit 1
-                = -1, padding bits 0), or integer inputs ``int16 (batch, H, W, channels)``.
+                = -1, padding bits 0), or integer inputs ``int16 (batch, channels, H, W)``.
             weight: for binary inputs ``uint64 (C_out, k, k, ceil(channels / 64))`` packed
                 kernels (padding bits 0); for integer inputs ``int8 (C_out, channels, k, k)``
                 in {-1, +1} (PyTorch order).
@@ -459,10 +461,16 @@ class BinaryDenseLibrary:
             stride: convolution stride.
             padding: zero padding on every side.
             pool: max-pool window (1: none); it must tile the convolution's output.
+            channel_index: compute only some output channels: ``int32 (C,)`` the output
+                channel of each of the ``C`` kernels in ``weight`` (and of ``thresholds``,
+                ``directions``); the other output bits come from ``base``.
+            base: with ``channel_index``, the packed output ``(batch, H_out, W_out, words)``
+                whose other channels' bits are kept (e.g. a clean pass).
             threads: Worker threads; ``None`` uses all CPUs of this process.
 
         Returns:
-            ``uint64 (batch, H_out, W_out, ceil(C_out / 64))`` packed output signs.
+            ``uint64 (batch, H_out, W_out, ceil(C_out / 64))`` packed output signs
+            (``base``'s shape with ``channel_index``).
 
         Raises:
             TypeError: On arrays of the wrong dtype.
@@ -478,7 +486,10 @@ class BinaryDenseLibrary:
                 f"weight must be a 4-D numpy {np.dtype(wdtype)} array for {x.dtype} inputs, "
                 f"got {_describe(weight)}"
             )
-        batch, height, width, last = x.shape
+        if binary:
+            batch, height, width, last = x.shape
+        else:
+            batch, last, height, width = x.shape
         cout = weight.shape[0]
         k = weight.shape[1] if binary else weight.shape[2]
         words = -(-channels // 64)
@@ -486,7 +497,8 @@ class BinaryDenseLibrary:
         if last != (words if binary else channels) or weight.shape != expected_w:
             raise ValueError(
                 f"x {x.shape} and weight {weight.shape} do not fit channels={channels}: expected "
-                f"x (batch, H, W, {words if binary else channels}) and weight {expected_w}"
+                f"x {f'(batch, H, W, {words})' if binary else f'(batch, {channels}, H, W)'} and "
+                f"weight {expected_w}"
             )
         if not isinstance(directions, np.ndarray) or directions.dtype != np.int8:
             raise TypeError(f"directions must be a numpy int8 array, got {_describe(directions)}")
@@ -500,7 +512,28 @@ class BinaryDenseLibrary:
                 f"a {k}x{k} kernel with stride {stride}, padding {padding} and pool {pool} does "
                 f"not fit {height}x{width} inputs"
             )
-        bits = np.empty((batch, conv_h // pool, conv_w // pool, -(-cout // 64)), dtype=np.uint64)
+        shape = (batch, conv_h // pool, conv_w // pool)
+        cout_total = cout
+        if channel_index is not None:
+            if base is None or base.dtype != np.uint64 or base.shape[:3] != shape:
+                raise ValueError(
+                    f"base must be a numpy uint64 array of shape {shape + ('words',)} with "
+                    f"channel_index, got {_describe(base)}"
+                )
+            cout_total = 64 * base.shape[3]
+            channel_index = np.ascontiguousarray(channel_index, dtype=np.int32)
+            if (
+                channel_index.shape != (cout,)
+                or not ((channel_index >= 0) & (channel_index < cout_total)).all()
+            ):
+                raise ValueError(
+                    f"channel_index must hold {cout} output channels in [0, {cout_total}), got "
+                    f"{channel_index!r}"
+                )
+            base = np.ascontiguousarray(base)
+        elif base is not None:
+            raise ValueError("base is only used with channel_index")
+        bits = np.empty((*shape, -(-cout_total // 64)), dtype=np.uint64)
         x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
         directions = np.ascontiguousarray(directions)
         entry = self.cdll.bconv_binary_sign_threads if binary else self.cdll.bconv_int_sign_threads
@@ -509,12 +542,15 @@ class BinaryDenseLibrary:
             weight.ctypes.data,
             thresholds.ctypes.data,
             directions.ctypes.data,
+            None if channel_index is None else channel_index.ctypes.data,
+            None if base is None else base.ctypes.data,
             bits.ctypes.data,
             batch,
             channels,
             height,
             width,
             cout,
+            cout_total,
             k,
             stride,
             padding,

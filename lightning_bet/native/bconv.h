@@ -10,8 +10,8 @@
  *   - binary maps: uint64 (batch, h, w, nq) with nq = ceil(channels / 64); bit c % 64 of word
  *     c / 64 is 1 for the sign -1; padding bits past `channels` are 0;
  *   - binary kernels: uint64 (cout, k, k, nq) in the same bit layout (padding bits 0);
- *   - integer inputs: int16 (batch, h, w, cin); integer kernels: int8 (cout, cin, k, k) in
- *     {-1, +1} (PyTorch order).
+ *   - integer inputs: int16 (batch, cin, h, w); integer kernels: int8 (cout, cin, k, k) in
+ *     {-1, +1} (both in PyTorch order).
  * Outputs are binary maps (batch, ho, wo, ceil(cout / 64)) with ho = hc / pool, wo = wc / pool,
  * hc = (h + 2 pad - k) / stride + 1 (likewise wc); pool must divide hc and wc.
  *
@@ -27,16 +27,25 @@
 extern "C" {
 #endif
 
+/*
+ * Channel subsets: with cidx == NULL every output channel is computed (cout == cout_total,
+ * base == NULL).  Otherwise only cout channels are computed, w / t / d holding theirs, and
+ * channel c lands at output channel cidx[c] < cout_total; the other output bits are copied
+ * from base (the same layout as bits), e.g. a clean pass where only some kernels changed.
+ */
+
 /* Binary inputs: a = sum over valid taps of (cin - 2 popcount(x XOR w)). */
 int bconv_binary_sign_threads(const uint64_t *x, const uint64_t *w, const int32_t *t,
-                              const int8_t *d, uint64_t *bits, int batch, int cin, int h,
-                              int wd, int cout, int k, int stride, int pad, int pool,
+                              const int8_t *d, const int32_t *cidx, const uint64_t *base,
+                              uint64_t *bits, int batch, int cin, int h, int wd, int cout,
+                              int cout_total, int k, int stride, int pad, int pool,
                               int threads);
 
 /* Integer inputs q: a = sum over valid taps and input channels of w q (exact int32). */
 int bconv_int_sign_threads(const int16_t *q, const int8_t *w, const int32_t *t, const int8_t *d,
-                           uint64_t *bits, int batch, int cin, int h, int wd, int cout, int k,
-                           int stride, int pad, int pool, int threads);
+                           const int32_t *cidx, const uint64_t *base, uint64_t *bits, int batch,
+                           int cin, int h, int wd, int cout, int cout_total, int k, int stride,
+                           int pad, int pool, int threads);
 
 /* Thread runner of bdense.c: fn(ctx, tid) on `threads` threads, the caller being tid 0. */
 int bdense_run_threads(void (*fn)(void *ctx, int tid), void *ctx, int threads);

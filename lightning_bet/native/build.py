@@ -219,7 +219,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         ctypes.c_int,
     ]
     lib.bdense_bernoulli_positions.restype = ctypes.c_longlong
-    conv_args = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 10
+    conv_args = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 11
     lib.bconv_binary_sign_threads.argtypes = conv_args
     lib.bconv_binary_sign_threads.restype = ctypes.c_int
     lib.bconv_int_sign_threads.argtypes = conv_args
