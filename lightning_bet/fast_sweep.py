@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from lightning_bet._threads import single_torch_thread
 from lightning_bet.deploy.fold import to_deploy
 from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
+from lightning_bet.native import pack_signs, unpack_signs
 
 __all__ = [
     "FastEvaluator",
@@ -132,11 +133,7 @@ def integer_pixels(x: Tensor, levels: int) -> Tensor:
 
 def _pack_rows(bits: np.ndarray) -> np.ndarray:
     """Pack bool ``(rows, n)`` (True = -1) LSB-first into uint32 ``(rows, ceil(n / 32))``."""
-    rows, n = bits.shape
-    words = -(-n // 32)
-    if words * 32 != n:
-        bits = np.pad(bits, ((0, 0), (0, words * 32 - n)))
-    return np.packbits(bits, axis=-1, bitorder="little").view("<u4").astype(np.uint32, copy=False)
+    return pack_signs(bits)
 
 
 def _pack_hwc(bits: np.ndarray) -> np.ndarray:
@@ -144,16 +141,13 @@ def _pack_hwc(bits: np.ndarray) -> np.ndarray:
     channels = bits.shape[-1]
     words = -(-channels // 64)
     if words * 64 != channels:
-        pad = [(0, 0)] * (bits.ndim - 1) + [(0, words * 64 - channels)]
-        bits = np.pad(bits, pad)
-    packed = np.packbits(bits, axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64, copy=False)
+        bits = np.pad(bits, [(0, 0)] * (bits.ndim - 1) + [(0, words * 64 - channels)])
+    return pack_signs(bits).view("<u8").astype(np.uint64, copy=False)
 
 
 def _unpack(packed: np.ndarray, n: int) -> np.ndarray:
     """uint32/uint64 ``(..., words)`` -> bool ``(..., n)`` (True = -1)."""
-    as_bytes = np.ascontiguousarray(packed).view(np.uint8)
-    return np.unpackbits(as_bytes, axis=-1, count=n, bitorder="little").astype(bool)
+    return unpack_signs(np.ascontiguousarray(packed).view(np.uint32), n) < 0
 
 
 def _conv_torch(

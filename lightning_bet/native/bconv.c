@@ -211,6 +211,26 @@ static int run_conv(struct conv_job *job, int cout_total, int threads) {
     return 0;
 }
 
+/* The parts of a job both entry points share. */
+static void set_block(struct conv_job *job, const int32_t *t, const int8_t *d,
+                      const int32_t *cidx, const uint64_t *base, uint64_t *bits, int batch,
+                      int cin, int h, int wd, int cout, int k, int stride, int pad, int pool) {
+    job->t = t;
+    job->d = d;
+    job->cidx = cidx;
+    job->base = base;
+    job->bits = bits;
+    job->batch = batch;
+    job->cin = cin;
+    job->h = h;
+    job->wd = wd;
+    job->cout = cout;
+    job->k = k;
+    job->stride = stride;
+    job->pad = pad;
+    job->pool = pool;
+}
+
 /* The computed channels fit the output: every cidx in [0, cout_total), or cout == cout_total. */
 static int check_channels(int cout, const int32_t *cidx, const uint64_t *base, int cout_total) {
     if (cidx == NULL) {
@@ -248,25 +268,8 @@ int bconv_binary_sign_threads(const uint64_t *x, const uint64_t *w, const int32_
             }
         }
     }
-    struct conv_job job;
-    memset(&job, 0, sizeof(job));
-    job.x = x;
-    job.wb = wt;
-    job.t = t;
-    job.d = d;
-    job.cidx = cidx;
-    job.base = base;
-    job.bits = bits;
-    job.batch = batch;
-    job.cin = cin;
-    job.h = h;
-    job.wd = wd;
-    job.cout = cout;
-    job.k = k;
-    job.stride = stride;
-    job.pad = pad;
-    job.pool = pool;
-    job.nq = nq;
+    struct conv_job job = {.x = x, .wb = wt, .nq = nq};
+    set_block(&job, t, d, cidx, base, bits, batch, cin, h, wd, cout, k, stride, pad, pool);
     const int rc = run_conv(&job, cout_total, threads);
     free(wt);
     return rc;
@@ -294,24 +297,8 @@ int bconv_int_sign_threads(const int16_t *q, const int8_t *w, const int32_t *t, 
             }
         }
     }
-    struct conv_job job;
-    memset(&job, 0, sizeof(job));
-    job.q = q;
-    job.wi = wt;
-    job.t = t;
-    job.d = d;
-    job.cidx = cidx;
-    job.base = base;
-    job.bits = bits;
-    job.batch = batch;
-    job.cin = cin;
-    job.h = h;
-    job.wd = wd;
-    job.cout = cout;
-    job.k = k;
-    job.stride = stride;
-    job.pad = pad;
-    job.pool = pool;
+    struct conv_job job = {.q = q, .wi = wt};
+    set_block(&job, t, d, cidx, base, bits, batch, cin, h, wd, cout, k, stride, pad, pool);
     const int rc = run_conv(&job, cout_total, threads);
     free(wt);
     return rc;
