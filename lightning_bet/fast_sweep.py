@@ -83,7 +83,7 @@ def detect_input_levels(x: Tensor, max_levels: int = MAX_LEVELS) -> int | None:
         ``L``, or ``None`` when the inputs lie on no such grid (``|x L - q| <= 1e-3`` for all).
 
     Example:
-        >>> detect_input_levels(torch.tensor([0.0, 3 / 255, 1.0]))
+        >>> detect_input_levels(torch.tensor([0.0, 2 / 255, 1.0]))
         255
         >>> detect_input_levels(torch.tensor([-0.42, 0.5])) is None
         True
