@@ -13,10 +13,11 @@ with ``semantics="fixed"`` (one map per realization for the whole evaluation, th
 With ``semantics="per_batch"`` batch ``b`` (0-based, of ``batch_size`` samples in data order)
 uses ``make_generator(seed, p, r, l, "batch", b)``. A flipped weight reads ``-sign(W)``.
 
-Two evaluators give identical accuracies for the same maps: the fast exact path of
-:mod:`lightning_bet.functional.fast_forward` for fully connected BNNs, and the reference path
-(copy the model, flip, float forward) for everything else. See that module for the precise
-reference semantics.
+Two evaluators: the fast path of :mod:`lightning_bet.fast_sweep` (dense and convolutional BNNs
+that deploy mode supports, on inputs ``q / L`` with integer ``q``) computes deploy mode's exact
+integer semantics; the reference path (copy the model, flip, float forward) runs everything else.
+They agree on every sample except where float32 rounding of the reference moves a pre-activation
+across a threshold (a tiny fraction on ``q / 255`` data, none on ``q / 16``); see that module.
 """
 
 from __future__ import annotations
@@ -364,8 +365,9 @@ def sweep(
         fault_model: ``p -> FaultModel`` (default: symmetric flips ``FaultModel(p=p)``), e.g.
             ``lambda p: FaultModel(p01=p, p10=p / 2)``.
         batch_size: samples per batch (the unit of ``per_batch`` semantics).
-        evaluator: ``"auto"`` (fast exact path for fully connected BNNs, else reference),
-            ``"fast"`` or ``"naive"``.
+        evaluator: ``"auto"`` (the fast exact path where it applies, else the reference
+            loop; ``config["why_naive"]`` says why), ``"fast"`` (a ``ValueError`` where it does
+            not apply) or ``"naive"``.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -379,7 +381,7 @@ def sweep(
         (2, 2)
 
     """
-    from lightning_bet.functional.fast_forward import FastDenseEvaluator, supports_fast_path
+    from lightning_bet.fast_sweep import fast_evaluator
 
     net = resolve_bnn(model)
     rates = _check_grid(error_rates)
@@ -402,11 +404,15 @@ def sweep(
         )
     x, y = _collect(data)
     layers = [layer for _, layer in binary_layers(net)]
-    fast = evaluator == "fast" or (evaluator == "auto" and supports_fast_path(net))
     was_training = net.training
     net.eval()
     try:
-        ev = FastDenseEvaluator(net, x, y) if fast else None
+        ev, why_naive = (
+            (None, "evaluator='naive'")
+            if evaluator == "naive"
+            else fast_evaluator(net, x, y, required=evaluator == "fast")
+        )
+        fast = ev is not None
         n = x.shape[0]
         batches = [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         acc = np.zeros((len(rates), realizations))
@@ -448,6 +454,8 @@ def sweep(
         "semantics": semantics,
         "fault_model_at_first_rate": fm0.to_dict(),
         "evaluator": "fast" if fast else "naive",
+        "input_levels": ev.input_levels if ev is not None else None,
+        "why_naive": why_naive,
         "samples": int(x.shape[0]),
         "batch_size": batch_size,
     }

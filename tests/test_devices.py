@@ -38,7 +38,6 @@ from lightning_bet.callbacks.margin_regularization import MarginRegularization
 from lightning_bet.callbacks.sweep import SweepCallback
 from lightning_bet.deploy.fold import DeployModule, deploy_forward, to_deploy
 from lightning_bet.functional.binarize import binarize_activation, binarize_weight, sign
-from lightning_bet.functional.fast_forward import exact_float_thresholds, exact_integer_thresholds
 from lightning_bet.functional.faults import FaultModel, make_generator, sample_fault_indices
 from lightning_bet.functional.flips import SignFlips, binarize_weight_flipped
 from lightning_bet.functional.losses import LOSSES, resolve_loss
@@ -596,40 +595,16 @@ def test_sweep_of_a_device_model_matches_cpu(device, evaluator, fault):
     )
 
 
-def test_conv_sweep_of_a_device_model_matches_cpu(device):
+@pytest.mark.parametrize("evaluator", ["fast", "naive"])
+def test_conv_sweep_of_a_device_model_matches_cpu(device, evaluator):
     net = eval_net("vgg3", hidden=(16,))
     x, y = _digits_like(n=40)
-    kwargs = dict(error_rates=(0.0, 0.1), realizations=2, seed=2)
+    kwargs = dict(error_rates=(0.0, 0.1), realizations=2, seed=2, evaluator=evaluator)
     want = sweep(net, (x, y), **kwargs)
     with exact_convolutions(device):
-        got = sweep(copy.deepcopy(net).to(device), (x, y), **kwargs)
-    assert got.config["evaluator"] == "naive"
+        got = sweep(copy.deepcopy(net).to(device), (x.to(device), y), **kwargs)
+    assert got.config["evaluator"] == evaluator
     np.testing.assert_array_equal(got.accuracy, want.accuracy)
-
-
-def test_fast_path_thresholds_of_a_device_batchnorm(device):
-    """The fast sweep folds ``sign(BatchNorm)`` into thresholds by evaluating the module itself."""
-    for block in eval_net().blocks:
-        bn, n = copy.deepcopy(block.bn).to(device), block.layer.in_features
-        d, t = exact_integer_thresholds(bn, n)
-        want_d, want_t = exact_integer_thresholds(block.bn, n)
-        assert_same(d, want_d)
-        assert_same(t, want_t)
-        d, t = exact_float_thresholds(bn)
-        want_d, want_t = exact_float_thresholds(block.bn)
-        assert_same(d, want_d)
-        assert_same(t, want_t, rtol=1e-5, atol=0.0)  # one device's rounding vs the other's
-        # exact on the device: d a >= t iff bn(a) >= 0, at t and at its float32 neighbours
-        # (63 rows: the batch shape the search evaluates the module with)
-        finite = torch.isfinite(t)
-        below = torch.nextafter(t, torch.tensor(-np.inf))
-        above = torch.nextafter(t, torch.tensor(np.inf))
-        a = torch.stack([below, t, above, *[t] * 60]) * d
-        a = torch.where(finite, a, torch.zeros_like(a))
-        with torch.no_grad():
-            positive = (bn.eval()(a.to(device)) >= 0).cpu()[:3]
-        expected = torch.tensor([[False], [True], [True]]).expand_as(positive)
-        assert torch.equal(positive[:, finite], expected[:, finite])
 
 
 def test_sweep_callback_on_device_matches_a_cpu_sweep_of_the_trained_model(device):

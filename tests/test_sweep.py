@@ -18,6 +18,7 @@ from lightning_bet.sweeps import (
     naive_accuracy,
     sweep,
 )
+from tests.test_deploy_conv import conv_net
 
 # numpy 2 renamed trapz
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz
@@ -52,70 +53,139 @@ def _digits_like(n=300, levels=16, seed=0, shape=(1, 8, 8)):
 GRID = (0.0, 0.01, 0.05, 0.2)
 
 
-@pytest.mark.parametrize(
-    "levels,binarize_input",
-    [(16, False), (255, False), (16, True)],
-    ids=["int8-first-layer", "sparse-first-layer", "binary-first-layer"],
-)
-def test_fast_equals_naive_per_realization(levels, binarize_input):
+def _deploy_predictions(net, maps, q, levels):
+    """Deploy-mode (exact integer) predictions of the copied, flipped network: the reference."""
+    from lightning_bet.deploy.fold import deploy_forward, to_deploy
+
+    return deploy_forward(to_deploy(_flipped_copy(net, maps), levels), q).argmax(1).numpy()
+
+
+FAST_NETS = {
+    "fcnn": lambda: build_model("fcnn", (1, 8, 8), 10, (48, 40)),
+    "vgg3": lambda: build_model("vgg3", (1, 8, 8), 10, (16,)),
+    "conv_padded_pooled": lambda: conv_net((1, 8, 8), ((5, 3, 1, 1, 1), (70, 3, 1, 1, 2)), (7,)),
+    "conv_strided_even_kernel": lambda: conv_net((1, 8, 8), ((4, 3, 2, 0, 1), (5, 2, 1, 1, 2))),
+    "conv_no_dense": lambda: conv_net((1, 8, 8), ((3, 5, 1, 2, 2),), ()),
+}
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("levels", [16, 255])
+@pytest.mark.parametrize("name", sorted(FAST_NETS))
+def test_fast_predictions_equal_deploy_mode_of_the_flipped_network(name, levels, backend):
+    from lightning_bet.fast_sweep import FastEvaluator
+
     torch.manual_seed(0)
-    net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (48, 40), binarize_input))
-    x, y = _digits_like(levels=levels)
+    net = _trained_like(FAST_NETS[name](), seed=len(name))
+    x, y = _digits_like(n=120, levels=levels)
+    q = torch.round(x * levels).long()
+    ev = FastEvaluator(net, x, y, backend=backend)
+    assert ev.input_levels == levels and ev.kernels.name == backend
+    layers = [layer for _, layer in binary_layers(net)]
+    clean = _deploy_predictions(net, [torch.empty(0, dtype=torch.long)] * len(layers), q, levels)
+    changed = 0
+    for p in (0.0, 0.003, 0.05, 0.3):
+        for r in range(2):
+            maps = fault_maps(layers, FaultModel(p=p), 7, p, r)
+            expected = _deploy_predictions(net, maps, q, levels)
+            np.testing.assert_array_equal(ev.predictions(maps), expected)
+            np.testing.assert_array_equal(ev.predictions(maps, slice(17, 90)), expected[17:90])
+            changed += int((expected != clean).sum())
+    assert changed > 0  # the faults really change predictions
+
+
+@pytest.mark.parametrize("arch", ["fcnn", "vgg3"])
+def test_fast_equals_naive_per_realization_on_dyadic_inputs(arch):
+    torch.manual_seed(0)
+    net = _trained_like(build_model(arch, (1, 8, 8), 10, (48, 40) if arch == "fcnn" else (16,)))
+    x, y = _digits_like(levels=16)
     fast = sweep(net, (x, y), GRID, realizations=3, seed=5, evaluator="fast")
     naive = sweep(net, (x, y), GRID, realizations=3, seed=5, evaluator="naive")
     assert fast.config["evaluator"] == "fast" and naive.config["evaluator"] == "naive"
+    assert fast.config["input_levels"] == 16
     np.testing.assert_array_equal(fast.accuracy, naive.accuracy)
     assert len(set(fast.accuracy[-1])) > 1  # faults really change the accuracy
 
 
+def test_auto_falls_back_to_the_float_loop_where_the_fast_path_does_not_apply():
+    net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (32,)))
+    x, y = _digits_like(n=60)
+    standardized = (x - 0.3) / 0.7  # not q / L
+    result = sweep(net, (standardized, y), (0.0, 0.1), realizations=2)
+    assert result.config["evaluator"] == "naive" and result.config["input_levels"] is None
+    assert "Expected inputs q / L with integer q in [0, L]" in result.config["why_naive"]
+    with pytest.raises(ValueError, match="Expected inputs q / L with integer q in"):
+        sweep(net, (standardized, y), (0.1,), evaluator="fast")
+    binary_first = _trained_like(build_model("fcnn", (1, 8, 8), 10, (32,), binarize_input=True))
+    result = sweep(binary_first, (x, y), (0.0, 0.1), realizations=2)
+    assert result.config["evaluator"] == "naive" and "binarize_input" in result.config["why_naive"]
+
+
+def test_detect_input_levels():
+    from lightning_bet.fast_sweep import detect_input_levels, integer_pixels
+
+    q = torch.randint(0, 256, (50, 28))
+    assert detect_input_levels(q.float() / 255) == 255
+    assert detect_input_levels(q.float() * (1 / 255)) == 255  # rounded differently: still q/255
+    assert detect_input_levels((q // 16).float() / 16) == 16
+    assert detect_input_levels((q % 2).float()) == 1
+    assert detect_input_levels(torch.rand(50, 28)) is None
+    assert detect_input_levels(q.float() / 255 - 0.5) is None  # negative values
+    assert torch.equal(integer_pixels(q.float() / 255, 255), q)
+    with pytest.raises(ValueError, match=r"Expected the inputs to be q / 16 with integer q in"):
+        integer_pixels(q.float() / 255, 16)
+
+
 def test_fast_first_layer_kernels_are_exercised():
-    from lightning_bet.functional.fast_forward import FastDenseEvaluator
+    from lightning_bet.fast_sweep import FastEvaluator
 
     net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (32,)))
     x16, y = _digits_like(levels=16)
-    x255, _ = _digits_like(levels=255)
-    assert FastDenseEvaluator(net, x16, y).first_kernel == "int8"
-    assert FastDenseEvaluator(net, x255, y).first_kernel == "sparse"
-    torch_ev = FastDenseEvaluator(net, x16, y, backend="torch")
-    native_ev = FastDenseEvaluator(net, x16, y)
+    assert FastEvaluator(net, x16, y).first_kernel == "int8"
+    assert FastEvaluator(net, _digits_like(levels=255)[0], y).offset == 128
+    assert FastEvaluator(net, _digits_like(levels=1000)[0], y).first_kernel == "exact"
+    torch_ev = FastEvaluator(net, x16, y, backend="torch")
+    native_ev = FastEvaluator(net, x16, y)
     maps = fault_maps([layer for _, layer in binary_layers(net)], FaultModel(p=0.1), 0, 0.1, 0)
     assert np.array_equal(torch_ev.predictions(maps), native_ev.predictions(maps))
 
 
+@pytest.mark.parametrize("levels", [16, 255])
 @pytest.mark.parametrize("sparse_cost", [0, 10**9], ids=["sparse-correction", "dense-int8"])
-def test_int8_first_layer_sparse_correction_and_dense_agree_with_naive(monkeypatch, sparse_cost):
-    import lightning_bet.functional.fast_forward as ff
+def test_int8_first_layer_sparse_correction_and_dense_agree_with_deploy(
+    monkeypatch, sparse_cost, levels
+):
+    import lightning_bet.fast_sweep as fs
 
-    monkeypatch.setattr(ff, "_SPARSE_COST", sparse_cost)  # 0: always sparse; 1e9: always dense
+    monkeypatch.setattr(fs, "_SPARSE_COST", sparse_cost)  # 0: always sparse; 1e9: always dense
     net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (72, 40)), seed=3)
-    x, y = _digits_like(n=250, levels=16, seed=2)
-    ev = ff.FastDenseEvaluator(net, x, y)
+    x, y = _digits_like(n=250, levels=levels, seed=2)
+    q = torch.round(x * levels).long()
+    ev = fs.FastEvaluator(net, x, y)
     assert ev.first_kernel == "int8"
     layers = [layer for _, layer in binary_layers(net)]
     for p in (0.002, 0.03, 0.3):
         for r in range(2):
             maps = fault_maps(layers, FaultModel(p=p), 11, p, r)
-            with torch.no_grad():
-                expected = _flipped_copy(net, maps)(x).argmax(1).numpy()
+            expected = _deploy_predictions(net, maps, q, levels)
             np.testing.assert_array_equal(ev.predictions(maps), expected)
             np.testing.assert_array_equal(ev.predictions(maps, slice(37, 190)), expected[37:190])
 
 
-def test_int8_first_layer_split_over_threads_agrees_with_naive(monkeypatch):
-    import lightning_bet.functional.fast_forward as ff
+def test_int8_first_layer_split_over_threads_agrees_with_deploy(monkeypatch):
+    import lightning_bet.fast_sweep as fs
 
-    monkeypatch.setattr(ff, "_SPARSE_COST", 10**9)  # always the dense int8 matmul
-    monkeypatch.setattr(ff, "_MIN_ROWS_PER_THREAD", 16)
+    monkeypatch.setattr(fs, "_SPARSE_COST", 10**9)  # always the dense int8 matmul
+    monkeypatch.setattr(fs, "_MIN_ROWS_PER_THREAD", 16)
     net = _trained_like(build_model("fcnn", (1, 8, 8), 10, (72, 40)), seed=4)
-    x, y = _digits_like(n=101, levels=16, seed=3)  # 101 rows: uneven chunks
+    x, y = _digits_like(n=101, levels=255, seed=3)  # 101 rows: uneven chunks
     layers = [layer for _, layer in binary_layers(net)]
     maps = fault_maps(layers, FaultModel(p=0.05), 2, 0.05, 0)
-    with torch.no_grad():
-        expected = _flipped_copy(net, maps)(x).argmax(1).numpy()
+    expected = _deploy_predictions(net, maps, torch.round(x * 255).long(), 255)
     previous = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        ev = ff.FastDenseEvaluator(net, x, y)
+        ev = fs.FastEvaluator(net, x, y)
         np.testing.assert_array_equal(ev.predictions(maps), expected)
         np.testing.assert_array_equal(ev.predictions(maps, slice(5, 90)), expected[5:90])
         assert ev._pool is not None and ev._pool._max_workers == 3  # the split path ran
@@ -135,12 +205,13 @@ def test_per_batch_semantics_fast_equals_naive_and_differs_from_fixed():
     assert not np.array_equal(fast.accuracy, fixed.accuracy)
 
 
-def test_conv_model_uses_reference_path_with_same_key_scheme():
+def test_conv_model_reference_path_uses_the_documented_key_scheme():
     torch.manual_seed(0)
     net = _trained_like(build_model("vgg3", (1, 8, 8), 10, (16,)))
     x, y = _digits_like(n=40)
-    result = sweep(net, (x, y), (0.0, 0.1), realizations=2, seed=2)
+    result = sweep(net, (x, y), (0.0, 0.1), realizations=2, seed=2, evaluator="naive")
     assert result.config["evaluator"] == "naive"
+    assert sweep(net, (x, y), (0.0,), realizations=1).config["evaluator"] == "fast"
     layers = [layer for _, layer in binary_layers(net)]
     maps = [
         sample_fault_indices(
@@ -230,8 +301,8 @@ def test_bad_input():
         sweep(nn.Sequential(nn.Linear(64, 10)), (x, y))
     with pytest.raises(TypeError, match="to return a FaultModel"):
         sweep(net, (x, y), [0.1], fault_model=lambda p: p)
-    with pytest.raises(ValueError, match="Expected a fully connected BNN"):
-        sweep(build_model("vgg3", (1, 8, 8), 10, (16,)), (x, y), evaluator="fast")
+    with pytest.raises(ValueError, match="binarize_input=True, which the export does not"):
+        sweep(build_model(hidden=(16,), binarize_input=True), (x, y), evaluator="fast")
 
 
 def test_callback_logs_after_fit_and_every_n_epochs(tmp_path):

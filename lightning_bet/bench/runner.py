@@ -23,8 +23,14 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
         ("hook_share", "time inside the metric's hooks / epoch without", ""),
     ],
     "sweep_speedup": [
-        ("speedup", "fast sweep / naive loop throughput", ">= 8"),
-        ("identical", "same predictions as the naive loop on every map", "== true"),
+        ("speedup", "fast sweep / naive loop throughput, FCNN on q/16", ">= 8"),
+        ("identical", "FCNN q/16: same predictions as deploy mode (exact)", "== true"),
+        ("speedup_q255", "fast sweep / naive loop throughput, FCNN on q/255", ">= 8"),
+        ("identical_q255", "FCNN q/255: same predictions as deploy mode (exact)", "== true"),
+        ("naive_differs_q255", "FCNN q/255: (sample, map) pairs where float32 differs", ""),
+        ("speedup_conv", "fast sweep / naive loop throughput, VGG3 on q/255", ">= 5"),
+        ("identical_conv", "VGG3 q/255: same predictions as deploy mode (exact)", "== true"),
+        ("naive_differs_conv", "VGG3 q/255: (sample, map) pairs where float32 differs", ""),
     ],
     "bitstream_size": [
         ("vs_float32_state_dict", "float32 state_dict bytes / bitstream bytes", ">= 30"),

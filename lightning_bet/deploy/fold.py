@@ -7,7 +7,7 @@ reference semantics every export (bitstream + numpy interpreter, C runtime, TFLi
 every sample.
 
 Threshold rule. BatchNorm (eval mode) then ``sign`` is ``o = +1`` iff ``d (a_float - tau) >= 0``
-(:func:`~lightning_bet.functional.margins.fold_batchnorm`). The first layer sees pixels
+(:func:`~lightning_bet.functional.fold.fold_batchnorm`). The first layer sees pixels
 ``x = q / L`` with integer ``q``, so ``a_float = a / L`` with the exact integer ``a = W @ q``; later
 layers see ``{-1, +1}`` inputs (``L = 1``). Hence, with ``tau`` computed in float64 and
 ``L * tau`` rounded up or down *exactly* (rational arithmetic on that float64 value):
@@ -23,7 +23,6 @@ every outcome and fits ``int32``.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import numpy as np
 import torch
@@ -32,58 +31,11 @@ from torch.nn import functional as F
 
 from lightning_bet._validation import check_positive_int
 from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
-from lightning_bet.functional.margins import fold_batchnorm
+from lightning_bet.functional.fold import fold_integer, fold_thresholds
 from lightning_bet.layers import BinaryConv2d, BinaryLinear
 from lightning_bet.network import blocks as network_blocks
 
 __all__ = ["DeployModule", "deploy_forward", "fold_thresholds", "to_deploy"]
-
-_INT32_MAX = 2**31 - 1
-
-
-def fold_thresholds(
-    tau: np.ndarray | Tensor, d: np.ndarray | Tensor, levels: int, fan_in: int
-) -> np.ndarray:
-    """Integer thresholds ``T`` for pre-activations ``a`` with ``a_float = a / levels``.
-
-    Args:
-        tau: ``(C,)`` real thresholds (``+-inf`` allowed) from ``fold_batchnorm``.
-        d: ``(C,)`` directions in ``{-1, +1}``.
-        levels: ``L``: the layer's float pre-activation is ``a / L`` (1 for binary inputs).
-        fan_in: ``n``; ``|a| <= n * L``.
-
-    Returns:
-        int64 ``(C,)``: ``ceil(L tau)`` where ``d = +1``, ``floor(L tau)`` where ``d = -1``
-        (exact for the float64 value of ``tau``), clamped to ``[-n L - 1, n L + 1]``.
-
-    Example:
-        >>> fold_thresholds(np.array([0.3, 0.3, -np.inf]), np.array([1, -1, 1]), 16, 4)
-        array([  5,   4, -65])
-
-    """
-    tau64 = np.asarray(tau.detach().cpu() if isinstance(tau, Tensor) else tau, dtype=np.float64)
-    d64 = np.asarray(d.detach().cpu() if isinstance(d, Tensor) else d, dtype=np.float64)
-    if tau64.ndim != 1 or tau64.shape != d64.shape:
-        raise ValueError(
-            f"Expected `tau` and `d` of the same shape (C,), but got {tau64.shape} and {d64.shape}"
-        )
-    bound = fan_in * levels + 1
-    if bound > _INT32_MAX:
-        raise ValueError(
-            f"Expected `fan_in * levels + 1` to fit int32, but got {fan_in} * {levels} + 1"
-        )
-    if np.isnan(tau64).any():
-        raise ValueError("Expected `tau` to contain no NaN (a BatchNorm with NaN statistics?)")
-    # exact rational ceil/floor of L * tau for the float64 tau: a float64 product could round
-    # onto an integer (e.g. 3 * float(-14/3) == -14.0) and move the threshold by one
-    folded = np.array(
-        [
-            t if math.isinf(t) else (math.ceil if dj > 0 else math.floor)(Fraction(t) * levels)
-            for t, dj in zip(tau64.tolist(), d64.tolist(), strict=True)
-        ],
-        dtype=np.float64,
-    )
-    return np.clip(folded, -bound, bound).astype(np.int64)
 
 
 def _square(name: str, index: int, value: object) -> int:
@@ -194,11 +146,6 @@ def _fold_block(
     """One hidden block in deploy mode; ``in_shape`` is its input's shape (flat for dense)."""
     layer = block.layer
     weight = layer.binary_weight().detach().cpu().numpy().astype(np.int8)
-    # float64 statistics promote the whole fold to float64 (see the module docstring)
-    tau, d = fold_batchnorm(
-        block.bn, mean=block.bn.running_mean.double(), var=block.bn.running_var.double()
-    )
-    direction = d.cpu().numpy().astype(np.int8)
     if isinstance(layer, BinaryLinear):
         if math.prod(in_shape) != layer.in_features:
             raise ValueError(
@@ -206,7 +153,7 @@ def _fold_block(
                 f"{math.prod(in_shape)} features (the output of the block before it), but it "
                 f"takes {layer.in_features}"
             )
-        threshold = fold_thresholds(tau, d, levels, layer.in_features)
+        threshold, direction = fold_integer(block.bn, levels, layer.in_features)
         return DeployLayer(weight, threshold, direction, binary_input=index > 0)
     kernel, stride, padding = _conv_geometry(index, layer)
     if len(in_shape) != 3 or in_shape[0] != layer.in_channels:
@@ -214,11 +161,11 @@ def _fold_block(
             f"Expected hidden block {index} ({type(layer).__name__}) to take an input of shape "
             f"({layer.in_channels}, H, W), but the block before it gives {tuple(in_shape)}"
         )
-    fan_in = layer.in_channels * kernel * kernel
+    threshold, direction = fold_integer(block.bn, levels, layer.in_channels * kernel * kernel)
     try:
         return DeployConv(
             weight=weight,
-            threshold=fold_thresholds(tau, d, levels, fan_in),
+            threshold=threshold,
             direction=direction,
             in_shape=tuple(in_shape),
             stride=stride,

@@ -1,4 +1,4 @@
-"""Pure tensor functions: binarization, fault models, margins, penalties, losses.
+"""Pure tensor functions: binarization, fault models, BatchNorm folding, margins, penalties, losses.
 
 No state, no Lightning: the callbacks and the metric are thin wrappers around these.
 """
@@ -12,12 +12,12 @@ from lightning_bet.functional.faults import (
     sample_positions,
 )
 from lightning_bet.functional.flips import SignFlips, binarize_weight_flipped
+from lightning_bet.functional.fold import fold_batchnorm, fold_integer, fold_thresholds
 from lightning_bet.functional.losses import margin_cross_entropy, modified_hinge_loss
 from lightning_bet.functional.margins import (
     binary_preactivation,
     decision_side,
     flip_probability,
-    fold_batchnorm,
     neuron_margins,
     output_margin,
     tolerated_flips,
@@ -36,6 +36,8 @@ __all__ = [
     "derive_seed",
     "flip_probability",
     "fold_batchnorm",
+    "fold_integer",
+    "fold_thresholds",
     "make_generator",
     "margin_cross_entropy",
     "margin_penalty",

@@ -18,6 +18,9 @@ A hidden layer's output signs can come out packed for the next layer straight aw
 ``get_library().binary_dense_sign(xp, wp, n, t)`` gives the bits ``a < t`` (bit 1 = -1)
 without writing ``a`` to memory, and ``sign_pack(a, t)`` packs existing pre-activations.
 
+``conv_sign`` evaluates one convolutional block (zero padding, max-pool, threshold) on
+packed HWC maps (``bconv.c``, used by the fast sweep for CNNs).
+
 The library also draws the fault maps of ``lightning_bet.functional.faults``
 (``BinaryDenseLibrary.bernoulli_positions``; the stream is defined there).
 
@@ -423,6 +426,138 @@ class BinaryDenseLibrary:
             _check_threads(threads),
         )
         _check_rc(rc, "bdense_popcount_sign", batch=batch, rows=rows, words=words, n=n)
+        return bits
+
+    def conv_sign(
+        self,
+        x: np.ndarray,
+        weight: np.ndarray,
+        thresholds: np.ndarray,
+        directions: np.ndarray,
+        *,
+        channels: int,
+        stride: int = 1,
+        padding: int = 0,
+        pool: int = 1,
+        channel_index: np.ndarray | None = None,
+        base: np.ndarray | None = None,
+        threads: int | None = None,
+    ) -> np.ndarray:
+        """One convolutional block in deploy mode, packed output signs (see ``bconv.h``).
+
+        Convolution with zero padding (padded positions contribute 0), max-pool (window and
+        stride ``pool``) on the integer pre-activation ``a``, then the output is +1 iff
+        ``d (max a - t) >= 0``. Binary maps are HWC: one position's channels are whole words.
+
+        Args:
+            x: binary inputs, ``uint64 (batch, H, W, ceil(channels / 64))`` packed signs (bit 1
+                = -1, padding bits 0), or integer inputs ``int16 (batch, channels, H, W)``.
+            weight: for binary inputs ``uint64 (C_out, k, k, ceil(channels / 64))`` packed
+                kernels (padding bits 0); for integer inputs ``int8 (C_out, channels, k, k)``
+                in {-1, +1} (PyTorch order).
+            thresholds: ``int32 (C_out,)`` thresholds ``t``.
+            directions: ``int8 (C_out,)`` directions ``d`` in {-1, +1}.
+            channels: ``C_in``, the input channels.
+            stride: convolution stride.
+            padding: zero padding on every side.
+            pool: max-pool window (1: none); it must tile the convolution's output.
+            channel_index: compute only some output channels: ``int32 (C,)`` the output
+                channel of each of the ``C`` kernels in ``weight`` (and of ``thresholds``,
+                ``directions``); the other output bits come from ``base``.
+            base: with ``channel_index``, the packed output ``(batch, H_out, W_out, words)``
+                whose other channels' bits are kept (e.g. a clean pass).
+            threads: Worker threads; ``None`` uses all CPUs of this process.
+
+        Returns:
+            ``uint64 (batch, H_out, W_out, ceil(C_out / 64))`` packed output signs
+            (``base``'s shape with ``channel_index``).
+
+        Raises:
+            TypeError: On arrays of the wrong dtype.
+            ValueError: On mismatched shapes or a geometry that does not fit.
+            MemoryError: If the kernel cannot allocate its work buffers.
+        """
+        binary = isinstance(x, np.ndarray) and x.dtype == np.uint64
+        if not isinstance(x, np.ndarray) or x.dtype not in (np.uint64, np.int16) or x.ndim != 4:
+            raise TypeError(f"x must be a 4-D numpy uint64 or int16 array, got {_describe(x)}")
+        wdtype = np.uint64 if binary else np.int8
+        if not isinstance(weight, np.ndarray) or weight.dtype != wdtype or weight.ndim != 4:
+            raise TypeError(
+                f"weight must be a 4-D numpy {np.dtype(wdtype)} array for {x.dtype} inputs, "
+                f"got {_describe(weight)}"
+            )
+        if binary:
+            batch, height, width, last = x.shape
+        else:
+            batch, last, height, width = x.shape
+        cout = weight.shape[0]
+        k = weight.shape[1] if binary else weight.shape[2]
+        words = -(-channels // 64)
+        expected_w = (cout, k, k, words) if binary else (cout, channels, k, k)
+        if last != (words if binary else channels) or weight.shape != expected_w:
+            raise ValueError(
+                f"x {x.shape} and weight {weight.shape} do not fit channels={channels}: expected "
+                f"x {f'(batch, H, W, {words})' if binary else f'(batch, {channels}, H, W)'} and "
+                f"weight {expected_w}"
+            )
+        if not isinstance(directions, np.ndarray) or directions.dtype != np.int8:
+            raise TypeError(f"directions must be a numpy int8 array, got {_describe(directions)}")
+        _, thresholds = _check_thresholding(None, thresholds, "weight", cout)
+        if directions.shape != (cout,):
+            raise ValueError(f"directions must have shape ({cout},), got {directions.shape}")
+        conv_h = (height + 2 * padding - k) // stride + 1
+        conv_w = (width + 2 * padding - k) // stride + 1
+        if min(conv_h, conv_w) < 1 or conv_h % pool or conv_w % pool:
+            raise ValueError(
+                f"a {k}x{k} kernel with stride {stride}, padding {padding} and pool {pool} does "
+                f"not fit {height}x{width} inputs"
+            )
+        shape = (batch, conv_h // pool, conv_w // pool)
+        cout_total = cout
+        if channel_index is not None:
+            if base is None or base.dtype != np.uint64 or base.shape[:3] != shape:
+                raise ValueError(
+                    f"base must be a numpy uint64 array of shape {shape + ('words',)} with "
+                    f"channel_index, got {_describe(base)}"
+                )
+            cout_total = 64 * base.shape[3]
+            channel_index = np.ascontiguousarray(channel_index, dtype=np.int32)
+            if (
+                channel_index.shape != (cout,)
+                or not ((channel_index >= 0) & (channel_index < cout_total)).all()
+            ):
+                raise ValueError(
+                    f"channel_index must hold {cout} output channels in [0, {cout_total}), got "
+                    f"{channel_index!r}"
+                )
+            base = np.ascontiguousarray(base)
+        elif base is not None:
+            raise ValueError("base is only used with channel_index")
+        bits = np.empty((*shape, -(-cout_total // 64)), dtype=np.uint64)
+        x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+        directions = np.ascontiguousarray(directions)
+        entry = self.cdll.bconv_binary_sign_threads if binary else self.cdll.bconv_int_sign_threads
+        rc = entry(
+            x.ctypes.data,
+            weight.ctypes.data,
+            thresholds.ctypes.data,
+            directions.ctypes.data,
+            None if channel_index is None else channel_index.ctypes.data,
+            None if base is None else base.ctypes.data,
+            bits.ctypes.data,
+            batch,
+            channels,
+            height,
+            width,
+            cout,
+            cout_total,
+            k,
+            stride,
+            padding,
+            pool,
+            _check_threads(threads),
+        )
+        _check_rc(rc, "bconv_sign", batch=batch, channels=channels, k=k, stride=stride)
         return bits
 
     def bernoulli_positions(

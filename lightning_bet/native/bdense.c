@@ -884,3 +884,11 @@ double bdense_peak_vector(int threads, long long iters) {
 double bdense_peak_scalar(int threads, long long iters) {
     return run_peak(scalar_loop, 64, threads, iters);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Thread runner shared with bconv.c                                         */
+/* ------------------------------------------------------------------------ */
+
+int bdense_run_threads(void (*fn)(void *ctx, int tid), void *ctx, int threads) {
+    return run_threads(fn, ctx, resolve_threads(threads));
+}

@@ -1,11 +1,11 @@
 """Compile the native kernel on first use and load it with ctypes.
 
-The shared library is built with ``gcc`` from ``bdense.c`` into a cache directory
+The shared library is built with ``gcc`` from ``bdense.c`` and ``bconv.c`` into a cache directory
 and reused while the source, compiler, flags and CPU stay the same:
 
 * cache directory: ``$LIGHTNING_BET_CACHE/native`` when ``LIGHTNING_BET_CACHE`` is
   set, else ``~/.cache/lightning_bet/native``;
-* file name: ``libbdense-<key>.so`` where ``key`` hashes the C source and header,
+* file name: ``libbdense-<key>.so`` where ``key`` hashes the C sources and headers,
   the compiler command and its version, the flags and (for ``-march=native``
   builds) the CPU model and feature flags, so a cache shared between machines
   never hands one CPU a library built for another.
@@ -30,6 +30,10 @@ from pathlib import Path
 SOURCE_DIR = Path(__file__).resolve().parent
 C_SOURCE = SOURCE_DIR / "bdense.c"
 C_HEADER = SOURCE_DIR / "bdense.h"
+#: Every source file compiled into the library (dense kernel first, then the convolutions).
+C_SOURCES = (C_SOURCE, SOURCE_DIR / "bconv.c")
+#: Every header the sources include.
+C_HEADERS = (C_HEADER, SOURCE_DIR / "bconv.h")
 
 #: Flags of the fast build (AVX512-VPOPCNTDQ path where the CPU has it).
 NATIVE_FLAGS: tuple[str, ...] = ("-O3", "-march=native")
@@ -119,7 +123,7 @@ def library_key(compiler: str, flags: tuple[str, ...]) -> str:
         A 16-hex-digit key.
     """
     h = hashlib.sha256()
-    for path in (C_SOURCE, C_HEADER):
+    for path in (*C_SOURCES, *C_HEADERS):
         h.update(path.read_bytes())
         h.update(b"\0")
     h.update(compiler.encode())
@@ -138,7 +142,7 @@ def build_library(
     compiler: str = DEFAULT_COMPILER,
     directory: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Compile ``bdense.c`` into the cache unless an up-to-date build exists.
+    """Compile ``bdense.c`` and ``bconv.c`` into the cache unless an up-to-date build exists.
 
     Args:
         flags: Optimisation/ISA flags, e.g. ``NATIVE_FLAGS`` or ``PORTABLE_FLAGS``.
@@ -163,7 +167,7 @@ def build_library(
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".libbdense-", suffix=".so.tmp", dir=out_dir)
     os.close(fd)
-    cmd = [compiler, *flags, *COMMON_FLAGS, "-o", tmp_name, str(C_SOURCE)]
+    cmd = [compiler, *flags, *COMMON_FLAGS, "-o", tmp_name, *map(str, C_SOURCES)]
     try:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -215,6 +219,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         ctypes.c_int,
     ]
     lib.bdense_bernoulli_positions.restype = ctypes.c_longlong
+    conv_args = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 11
+    lib.bconv_binary_sign_threads.argtypes = conv_args
+    lib.bconv_binary_sign_threads.restype = ctypes.c_int
+    lib.bconv_int_sign_threads.argtypes = conv_args
+    lib.bconv_int_sign_threads.restype = ctypes.c_int
     lib.bdense_has_avx512.argtypes = []
     lib.bdense_has_avx512.restype = ctypes.c_int
     lib.bdense_online_cpus.argtypes = []
