@@ -97,12 +97,16 @@ def test_conv_padding_bits_are_never_faulted():
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_emulated_accuracy_equals_the_pytorch_sweep_on_a_cnn(family):
-    """Same seed and maps: the naive copy-flip-forward sweep's accuracies, exactly."""
+    """Same seed and maps: the sweep's accuracies (naive loop and fast path), exactly."""
     net, data = _digits_cnn()
     x, q, y = digits_test_pixels()
     rates, realizations, seed = [0.02, 0.1], 3, 5
-    swept = sweep(net, (x, y), rates, realizations, seed=seed, fault_model=FAMILIES[family])
-    assert swept.config["evaluator"] == "naive"
+    swept = sweep(
+        net, (x, y), rates, realizations, seed, fault_model=FAMILIES[family], evaluator="naive"
+    )
+    fast = sweep(net, (x, y), rates, realizations, seed, fault_model=FAMILIES[family])
+    assert fast.config["evaluator"] == "fast"
+    assert np.array_equal(fast.accuracy, swept.accuracy)
     for i, p in enumerate(rates):
         emulated = emulate(data, q.numpy(), y.numpy(), FAMILIES[family](p), realizations, seed, p)
         assert np.array_equal(emulated.accuracies, swept.accuracy[i]), (p, swept.accuracy[i])
