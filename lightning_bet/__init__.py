@@ -53,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     # edge export
     "DeployModel": "lightning_bet.deploy.model",
     "DeployLayer": "lightning_bet.deploy.model",
+    "DeployConv": "lightning_bet.deploy.model",
     "DeployModule": "lightning_bet.deploy.fold",
     "to_deploy": "lightning_bet.deploy.fold",
     "deploy_forward": "lightning_bet.deploy.fold",
