@@ -438,9 +438,10 @@ def test_empty_batch_and_uint8_inputs():
 
 
 @needs_runtime
-def test_export_command_writes_an_int8_tflite(tmp_path):
+def test_export_command_writes_an_int8_tflite(tmp_path, capsys):
     from lightning_bet.cli import main
     from lightning_bet.deploy.bitstream import read_bitstream
+    from lightning_bet.deploy.cli import export_model
     from tests.test_deploy_fold import trained_digits
 
     _, ckpt = trained_digits()
@@ -455,11 +456,14 @@ def test_export_command_writes_an_int8_tflite(tmp_path):
     assert tflite_op_names(data).count("DEQUANTIZE") == 3
     model = read_bitstream((tmp_path / "int8" / "model.bet").read_bytes())
     assert 3.5 < len(write_tflite(model, weights="float32")) / len(data) < 4
-    with pytest.raises(
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--tflite-weights", "x"]) == 2
+    assert "invalid choice: 'x' (choose from 'float32', 'int8')" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+    with pytest.raises(  # the Python API
         ValueError, match=r"`tflite_weights` to be 'float32' or 'int8', but got 'x'"
     ):
-        main([*argv, "--out", str(tmp_path / "bad"), "--tflite-weights", "x"])
-    assert not (tmp_path / "bad").exists()  # refused before anything is written
+        export_model(ckpt, recipe, tmp_path / "bad", tflite_weights="x")
+    assert not (tmp_path / "bad").exists()
 
 
 GOLDEN = Path(__file__).parent / "golden" / "tflite_small.json"
