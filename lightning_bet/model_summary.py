@@ -6,8 +6,9 @@ row per output neuron or output channel, ``fan_in`` bits padded to whole 32-bit 
 §7) and the bits of its folded thresholds (32-bit threshold and 1-bit direction per neuron, the
 directions padded to 32-bit words); then totals against the same parameters stored as float32.
 
-A convolution's binary parameters are its kernel bits ``C_out * C_in / groups * kh * kw``; its
-packed rows are one per output channel. BatchNorm parameters (``gamma``, ``beta``), biases and
+A convolution's binary parameters are its kernel bits ``C_out * C_in / groups * kh * kw``;
+format v2 stores them as one bit vector padded to whole 32-bit words only at its end.
+BatchNorm parameters (``gamma``, ``beta``), biases and
 the output scale count as float parameters; in deploy mode the BatchNorm is folded into the
 thresholds and only the output scale (a float32) remains. Bitstream headers, tables and CRCs
 (a few dozen bytes per layer, ``export/FORMAT.md``) are not counted.
@@ -53,7 +54,8 @@ class LayerSummary:
         binary_params: number of binary weights (kernel bits for a convolution).
         float_params: float parameters that belong to the layer (its BatchNorm's ``gamma`` and
             ``beta``, a bias, the output scale).
-        packed_bytes: bytes of the packed weights: ``4 * rows * ceil(fan_in / 32)``.
+        packed_bytes: bytes of the packed weights: ``4 * rows * ceil(fan_in / 32)`` (dense),
+            ``4 * ceil(kernel bits / 32)`` (convolutional, one vector in format v2).
         threshold_bits: bits of the folded thresholds and directions (0 for the output layer).
 
     """
@@ -189,7 +191,8 @@ def _layer(
         fan_in=n,
         binary_params=layer.weight.numel(),
         float_params=floats,
-        packed_bytes=_FLOAT_BYTES * rows * _words(n),
+        packed_bytes=_FLOAT_BYTES
+        * (_words(layer.weight.numel()) if isinstance(layer, BinaryConv2d) else rows * _words(n)),
         threshold_bits=_WORD_BITS * (rows + _words(rows)) if hidden else 0,
     )
 

@@ -27,6 +27,7 @@ from lightning_bet.deploy.interpreter import run_bitstream
 from lightning_bet.layers import BinaryConv2d, BinaryLinear, Sign
 from lightning_bet.metrics import BitErrorTolerance
 from lightning_bet.model_summary import BitSummaryCallback, summary
+from lightning_bet.models import build_model
 from lightning_bet.module import BNNClassifier
 from tests.test_margin_regularization import GradProbe
 
@@ -263,21 +264,25 @@ def test_summary_counts_bits_of_a_conv_network(capsys):
         for r in s.layers
     ]
     assert rows == [
-        ("0", (4, 1, 3, 3), 9, 36, 8, 4 * 4),
-        ("4", (6, 4, 3, 3), 36, 216, 12, 6 * 2 * 4),
+        ("0", (4, 1, 3, 3), 9, 36, 8, 8),  # format v2: one vector of 36 bits, 2 words
+        ("4", (6, 4, 3, 3), 36, 216, 12, 7 * 4),
         ("8", (16, 96), 96, 1536, 32, 16 * 3 * 4),
         ("10", (10, 16), 16, 160, 0, 10 * 4),
     ]
     assert [r.threshold_bits for r in s.layers] == [4 * 32 + 32, 6 * 32 + 32, 16 * 32 + 32, 0]
     assert s.layers[0].kind == "BinaryConv2d + MaxPool2d"
-    assert s.deploy_bytes == 16 + 48 + 192 + 40 + (160 + 224 + 544) // 8 + 4
+    assert s.deploy_bytes == 8 + 28 + 192 + 40 + (160 + 224 + 544) // 8 + 4
     assert s.float32_bytes == 4 * (36 + 216 + 1536 + 160 + 52)
     assert s.compression == pytest.approx(s.float32_bytes / s.deploy_bytes)
     table = str(s)
-    assert "4x1x3x3" in table and "Total" in table and "Deploy size: 416 bytes" in table
+    assert "4x1x3x3" in table and "Total" in table and "Deploy size: 388 bytes" in table
     import lightning_bet
 
     assert lightning_bet.summary is summary  # the function, not a submodule
+    # the deploy bytes are the bitstream's payload: v2 adds 48 + 4 + 4 bytes and 52 per layer
+    cnn = build_model("cnn", (1, 8, 8), 10, hidden=(16,), channels=(8, 16)).eval()
+    deploy = to_deploy(cnn, input_levels=16)
+    assert len(write_bitstream(deploy)) == summary(cnn).deploy_bytes - 4 + 56 + 52 * 4
     main(["summary", "--config", "recipes/digits_fcnn.yaml"])
     out = capsys.readouterr().out
     assert "net.blocks.0.layer" in out and "Deploy size: 12,676 bytes" in out
