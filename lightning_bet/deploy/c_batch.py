@@ -12,15 +12,13 @@ runs) and to deploy mode; ``tests/test_c_batch.py`` checks both.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from lightning_bet.deploy.c_runner import _compile, _default_cache_dir, compiler, runtime_dir
+from lightning_bet.deploy.c_runner import build_cached
 
 __all__ = ["BATCH_CFLAGS", "BATCH_SOURCES", "BatchRuntime", "build_batch_library"]
 
@@ -51,24 +49,9 @@ def build_batch_library(
         RuntimeError: without a C compiler, or when compilation fails (with its output).
 
     """
-    cc = compiler()
-    source_dir = runtime_dir()
-    digest = hashlib.sha256()
-    for part in (cc, *cflags):
-        digest.update(part.encode() + b"\0")
-    for name in BATCH_SOURCES:
-        digest.update((source_dir / name).read_bytes())
-    folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"libbet_batch-{digest.hexdigest()[:16]}.so"
-    if target.is_file():
-        return target
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        out = Path(tmp) / "libbet_batch.so"
-        sources = [str(source_dir / name) for name in BATCH_SOURCES if name.endswith(".c")]
-        _compile([cc, *cflags, "-o", str(out), *sources], "the C runtime batch library")
-        os.replace(out, target)
-    return target
+    return build_cached(
+        BATCH_SOURCES, cflags, "libbet_batch", "the C runtime batch library", cache_dir, ".so"
+    )
 
 
 class BatchRuntime:

@@ -41,6 +41,7 @@ __all__ = [
     "RUNTIME_SOURCES",
     "BetRuntimeError",
     "BetStatus",
+    "build_cached",
     "build_host",
     "check_bitstream_c",
     "compiler",
@@ -171,22 +172,51 @@ def build_host(
             compiler output).
 
     """
+    return build_cached(HOST_SOURCES, cflags, "bet_host", "the C runtime host harness", cache_dir)
+
+
+def build_cached(
+    sources: Sequence[str],
+    cflags: Sequence[str],
+    name: str,
+    what: str,
+    cache_dir: str | os.PathLike | None = None,
+    suffix: str = "",
+) -> Path:
+    """Compile the runtime files ``sources`` into ``<cache>/<name>-<hash><suffix>`` once.
+
+    The hash covers the compiler, the flags and every source (headers included), so a changed
+    source is rebuilt; the output is written in a temporary folder and renamed into place, so
+    concurrent builds never see a half-written file.
+
+    Args:
+        sources: file names in :func:`runtime_dir` (the ``.c`` ones are compiled).
+        cflags: compiler flags.
+        name: stem of the output file.
+        what: how a compiler error names what was being built.
+        cache_dir: see :func:`build_host`.
+        suffix: file name suffix (e.g. ``".so"``).
+
+    Returns:
+        The path of the built file.
+
+    """
     cc = compiler()
     source_dir = runtime_dir()
     digest = hashlib.sha256()
     for part in (cc, *cflags):
         digest.update(part.encode() + b"\0")
-    for name in HOST_SOURCES:
-        digest.update((source_dir / name).read_bytes())
+    for source in sources:
+        digest.update((source_dir / source).read_bytes())
     folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"bet_host-{digest.hexdigest()[:16]}"
-    if target.is_file() and os.access(target, os.X_OK):
+    target = folder / f"{name}-{digest.hexdigest()[:16]}{suffix}"
+    if target.is_file() and os.access(target, os.R_OK):
         return target
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        out = Path(tmp) / "bet_host"
-        sources = [str(source_dir / name) for name in HOST_SOURCES if name.endswith(".c")]
-        _compile([cc, *cflags, "-o", str(out), *sources], "the C runtime host harness")
+        out = Path(tmp) / f"{name}{suffix}"
+        files = [str(source_dir / source) for source in sources if source.endswith(".c")]
+        _compile([cc, *cflags, "-o", str(out), *files], what)
         os.replace(out, target)
     return target
 
