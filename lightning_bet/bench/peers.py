@@ -256,20 +256,15 @@ def _sweeps(worker: PeersWorker, samples: int, maps: int, quick: bool) -> dict[s
         _float_weights(net, folder / "weights.npz")
         np.save(folder / "x.npy", q)
         np.save(folder / "y.npy", y.numpy())
+        files = {
+            key: str(folder / f"{key}.{ext}")
+            for key, ext in (("weights", "npz"), ("x", "npy"), ("y", "npy"))
+        }
         for p in (0.01, 0.05, 0.1):
             start = time.perf_counter()
             ours = sweep(net, (x, y), error_rates=[p], realizations=maps, seed=7)
             ours_seconds = (time.perf_counter() - start) / maps
-            peer = worker.call(
-                "pytorchfi",
-                weights=str(folder / "weights.npz"),
-                x=str(folder / "x.npy"),
-                y=str(folder / "y.npy"),
-                p=p,
-                maps=maps,
-                seed=7,
-                mode="layer",
-            )
+            peer = worker.call("pytorchfi", **files, p=p, maps=maps, seed=7, mode="layer")
             peer_acc = np.asarray(peer["accuracies"])
             ours_acc = np.asarray(ours.accuracy[0])
             spread = math.sqrt(
@@ -288,16 +283,7 @@ def _sweeps(worker: PeersWorker, samples: int, maps: int, quick: bool) -> dict[s
                 entry["pytorchfi_layer_seconds_per_map"] / ours_seconds
             )
             if p == 0.01:
-                located = worker.call(
-                    "pytorchfi",
-                    weights=str(folder / "weights.npz"),
-                    x=str(folder / "x.npy"),
-                    y=str(folder / "y.npy"),
-                    p=p,
-                    maps=1,
-                    seed=7,
-                    mode="location",
-                )
+                located = worker.call("pytorchfi", **files, p=p, maps=1, seed=7, mode="location")
                 entry["pytorchfi_location_seconds_per_map"] = located["seconds_per_map"][0]
                 entry["speedup_vs_pytorchfi_location"] = (
                     located["seconds_per_map"][0] / ours_seconds

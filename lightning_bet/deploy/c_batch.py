@@ -172,22 +172,6 @@ class BatchRuntime:
         call.buffers = arrays  # type: ignore[attr-defined]  # the addresses stay valid
         return call
 
-    def predict_into(self, q: np.ndarray, classes: np.ndarray, logits: np.ndarray | None) -> None:
-        """Classify a C-contiguous uint8 ``(N, num_inputs)`` batch into preallocated outputs.
-
-        No checks and no allocation (besides growing the scratch once): the timing entry point.
-        """
-        count = q.shape[0]
-        self._ensure_scratch(count)
-        self._lib.bet_predict_batch(
-            self._batch,
-            q.ctypes.data,
-            count,
-            None if logits is None else logits.ctypes.data,
-            classes.ctypes.data,
-            self._scratch,
-        )
-
     def predict(self, q: np.ndarray, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Classify integer pixels.
 
@@ -219,5 +203,5 @@ class BatchRuntime:
         logits = np.empty((count, self.num_classes), dtype=np.int32)
         for start in range(0, count, step):
             stop = min(count, start + step)
-            self.predict_into(flat[start:stop], classes[start:stop], logits[start:stop])
+            self.bound(flat[start:stop], classes[start:stop], logits[start:stop])()
         return classes, logits

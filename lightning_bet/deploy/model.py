@@ -73,22 +73,8 @@ class DeployLayer:
                 f"(output layer), but got threshold={_describe(self.threshold)} and "
                 f"direction={_describe(self.direction)}"
             )
-        out = weight.shape[0]
         if self.threshold is not None:
-            threshold = np.asarray(self.threshold)
-            if threshold.shape != (out,) or not np.issubdtype(threshold.dtype, np.integer):
-                raise ValueError(
-                    f"Expected `threshold` to be an integer array of shape ({out},), but got "
-                    f"{_describe(threshold)}"
-                )
-            direction = np.asarray(self.direction)
-            if direction.shape != (out,) or not _is_pm1(direction):
-                raise ValueError(
-                    f"Expected `direction` to be an array of shape ({out},) of -1/+1 values, but "
-                    f"got {_describe(direction)}"
-                )
-            object.__setattr__(self, "threshold", threshold.astype(np.int64))
-            object.__setattr__(self, "direction", direction.astype(np.int8))
+            _set_thresholds(self, weight.shape[0])
         if not isinstance(self.binary_input, bool | np.bool_):
             raise TypeError(f"Expected `binary_input` to be a bool, but got {self.binary_input!r}")
         object.__setattr__(self, "binary_input", bool(self.binary_input))
@@ -148,20 +134,7 @@ class DeployConv:
             )
         object.__setattr__(self, "weight", weight.astype(np.int8))
         out_channels, in_channels, kernel, _ = weight.shape
-        threshold = np.asarray(self.threshold)
-        if threshold.shape != (out_channels,) or not np.issubdtype(threshold.dtype, np.integer):
-            raise ValueError(
-                f"Expected `threshold` to be an integer array of shape ({out_channels},), but got "
-                f"{_describe(self.threshold)}"
-            )
-        direction = np.asarray(self.direction)
-        if direction.shape != (out_channels,) or not _is_pm1(direction):
-            raise ValueError(
-                f"Expected `direction` to be an array of shape ({out_channels},) of -1/+1 values, "
-                f"but got {_describe(self.direction)}"
-            )
-        object.__setattr__(self, "threshold", threshold.astype(np.int64))
-        object.__setattr__(self, "direction", direction.astype(np.int8))
+        _set_thresholds(self, out_channels)
         in_shape = tuple(self.in_shape)
         if len(in_shape) != 3 or not all(is_positive_int(s, (int, np.integer)) for s in in_shape):
             raise ValueError(
@@ -358,6 +331,24 @@ class DeployModel:
     def has_conv(self) -> bool:
         """Whether the network has convolutional layers."""
         return isinstance(self.layers[0], DeployConv)
+
+
+def _set_thresholds(layer: DeployLayer | DeployConv, out: int) -> None:
+    """Check ``layer.threshold`` / ``layer.direction`` for ``out`` outputs; store int64 / int8."""
+    threshold = np.asarray(layer.threshold)
+    if threshold.shape != (out,) or not np.issubdtype(threshold.dtype, np.integer):
+        raise ValueError(
+            f"Expected `threshold` to be an integer array of shape ({out},), but got "
+            f"{_describe(threshold)}"
+        )
+    direction = np.asarray(layer.direction)
+    if direction.shape != (out,) or not _is_pm1(direction):
+        raise ValueError(
+            f"Expected `direction` to be an array of shape ({out},) of -1/+1 values, but got "
+            f"{_describe(direction)}"
+        )
+    object.__setattr__(layer, "threshold", threshold.astype(np.int64))
+    object.__setattr__(layer, "direction", direction.astype(np.int8))
 
 
 def _is_pm1(array: np.ndarray) -> bool:
