@@ -2,8 +2,9 @@
 
 The callback records the activations of the validation step's own forward pass (forward hooks,
 no second forward) and feeds them to the metric; at the end of the validation epoch it logs the
-scalar as ``val/bet`` and per-layer values as ``val/bet/layer0/margin_mean`` etc. to whatever
-logger the trainer has.
+scalar as ``val/bet`` (the predicted BET area: area under the predicted accuracy over the METHOD
+§6 grid 0-10%, divided by the grid width) and the other values as ``val/bet/acc_pred_p0.01``,
+``val/bet/survival``, ``val/bet/layer0/margin_mean`` etc. to whatever logger the trainer has.
 """
 
 from __future__ import annotations
@@ -22,10 +23,18 @@ __all__ = ["BetLogging"]
 
 
 class BetLogging(Callback):
-    """Log the margin-based bit error tolerance of the model during validation.
+    """Log the predicted bit error tolerance of the model during validation.
+
+    ``val/bet`` is the predicted BET area ``bet_pred`` of
+    :class:`~lightning_bet.metrics.BitErrorTolerance`: the trapezoid area under the predicted
+    accuracy over the METHOD §6 grid (0, 0.1%, 0.5%, 1%, 2%, 3.3%, 5%, 7.5%, 10%) divided by
+    the grid width, the fault-injection BET area of ``lightning-bet sweep`` predicted without
+    fault injection (higher is better). The METHOD §4 neuron survival rate is logged as
+    ``val/bet/survival``.
 
     Args:
-        error_rates: error rates of the predicted neuron flip rate (see ``BitErrorTolerance``).
+        error_rates: error rates of the predicted neuron flip rate and of the logged predicted
+            accuracies ``val/bet/acc_pred_p{p}`` (see ``BitErrorTolerance``).
         quantiles: low quantiles of the normalized margin to log.
         prefix: logging key of the scalar; per-layer keys are ``f"{prefix}/{name}"``.
         per_layer: also log the per-layer values.
@@ -36,6 +45,11 @@ class BetLogging(Callback):
             models ``val/bet`` moves by 0.001 between 16 and all samples, and the default keeps
             the metric's cost to a few percent of the validation epoch
             (``lightning-bet bench metric_cost``).
+        predict_rows: of those samples, the first this many per batch feed the predicted
+            accuracy (``None``: all ``samples_per_batch``). The prediction costs about two
+            matrix products per hidden layer, row and error rate; clean accuracy always uses
+            every sample, and the same validation rows are used every epoch, so checkpoints are
+            compared on the same rows. The default is chosen by ``bench metric_cost`` (README).
 
     Example:
         >>> trainer = L.Trainer(callbacks=[BetLogging()])  # doctest: +SKIP
@@ -49,6 +63,7 @@ class BetLogging(Callback):
         prefix: str = "val/bet",
         per_layer: bool = True,
         samples_per_batch: int | None = 16,
+        predict_rows: int | None = 2,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"Expected `prefix` to be a non-empty string, but got {prefix!r}")
@@ -59,13 +74,19 @@ class BetLogging(Callback):
         if samples_per_batch is not None:
             check_positive_int("samples_per_batch", samples_per_batch, "a positive int or None")
         self.samples_per_batch = samples_per_batch
+        if predict_rows is not None:
+            check_positive_int("predict_rows", predict_rows, "a positive int or None")
+        self.predict_rows = predict_rows
         self.metric: BitErrorTolerance | None = None
         self._stack: ExitStack | None = None
         self._records: dict[str, Any] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
         self.metric = BitErrorTolerance(
-            pl_module, error_rates=self.error_rates, quantiles=self.quantiles
+            pl_module,
+            error_rates=self.error_rates,
+            quantiles=self.quantiles,
+            predict_rows=self.predict_rows,
         ).to(pl_module.device)
 
     def _close(self) -> None:
