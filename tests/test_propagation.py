@@ -156,3 +156,46 @@ def test_predicted_accuracy_matches_monte_carlo(hidden, family):
     assert predicted[0] == pytest.approx(measured[0], abs=1e-6)
     assert np.abs(predicted - measured).max() <= MC_TOLERANCE[len(hidden)], (predicted, measured)
     assert math.isfinite(float(prob.sum()))
+
+
+def test_predicted_sweep_returns_a_sweep_result_matching_the_functional_core():
+    from lightning_bet.sweep import SweepResult, bet_area, predicted_sweep
+
+    net = _random_net((24, 16))
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(50, 1, 8, 8, generator=g)
+    y = torch.randint(0, 10, (50,), generator=g)
+    rates = [0.0, 0.01, 0.05, 0.1]
+    make = lambda p: FaultModel(p01=p, p10=p / 3)  # noqa: E731
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    result = predicted_sweep(net, loader, error_rates=rates, fault_model=make, batch_size=7)
+    assert isinstance(result, SweepResult) and result.accuracy.shape == (4, 1)
+    read = torch.tensor([read_error_rates(make(p)) for p in rates])
+    prob, correct = predict_correct(network_layers(net.blocks, net.head), x, y, read)
+    expected = (net(x).argmax(1) == y).double().mean() + (prob.double() - correct.double()).mean(1)
+    np.testing.assert_allclose(result.mean, expected.numpy(), atol=1e-6)
+    assert result.area == pytest.approx(bet_area(rates, expected.numpy()), abs=1e-6)
+    assert result.config["evaluator"] == "predicted" and net.training is False
+    with pytest.raises(ValueError, match="Expected `batch_size` to be a positive int"):
+        predicted_sweep(net, (x, y), batch_size=0)
+    with pytest.raises(TypeError, match=r"Expected `fault_model\(0.0\)` to return a FaultModel"):
+        predicted_sweep(net, (x, y), fault_model=lambda p: p)
+
+
+def test_sweep_cli_predict_draws_both_curves(tmp_path, capsys):
+    from lightning_bet.cli import make_cli
+    from lightning_bet.sweep import cli_main
+
+    cli = make_cli(args=["--config", "recipes/digits_fcnn.yaml"], run=False)
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": cli.model.state_dict()}, ckpt)
+    out = tmp_path / "out"
+    result = cli_main(
+        [
+            "--ckpt", str(ckpt), "--config", "recipes/digits_fcnn.yaml", "--out", str(out),
+            "--error-rates", "0,0.05", "-R", "2", "--predict",
+        ]
+    )  # fmt: skip
+    assert result["predicted"]["error_rates"] == [0.0, 0.05]
+    assert (out / "predicted.json").exists() and (out / "sweep.png").exists()
+    assert "predicted (no fault injection): BET area" in capsys.readouterr().out
