@@ -12,7 +12,7 @@ ranking). Variants that take only a few distinct values over the model set are f
 rank correlation rests on ties). For the predicted accuracy curve it also reports, per family,
 the mean absolute error against the sweep on the same (test) samples at p = 0.01, 0.05, 0.1
 (:func:`~lightning_bet.sweep.predicted_sweep`), and the variant ``bet_logged_default``: the
-predicted area from only the rows ``BetLogging`` predicts by default (2 per validation batch).
+predicted area from only the rows ``BetLogging`` predicts by default (1 per validation batch).
 
 Outputs in ``--out`` (default ``runs/validity``): ``validity.md`` (the tables),
 ``validity.png`` (scatter of ``bet`` against the BET area, one colour per method) and
@@ -107,7 +107,7 @@ def default_model_set() -> list[ModelSpec]:
 #: Error rates of the predicted-accuracy MAE against the sweep.
 MAE_RATES = (0.01, 0.05, 0.1)
 #: Rows per validation batch that ``BetLogging`` predicts by default (``predict_rows``).
-LOGGED_ROWS = 2
+LOGGED_ROWS = 1
 
 
 def _correlate(vals: np.ndarray, area: np.ndarray, methods: np.ndarray) -> dict[str, float]:

@@ -199,3 +199,22 @@ def test_sweep_cli_predict_draws_both_curves(tmp_path, capsys):
     assert result["predicted"]["error_rates"] == [0.0, 0.05]
     assert (out / "predicted.json").exists() and (out / "sweep.png").exists()
     assert "predicted (no fault injection): BET area" in capsys.readouterr().out
+
+
+def test_conv_predicted_accuracy_matches_monte_carlo():
+    """vgg3-style CNN on digits (kernel bits shared across positions, max-pool before BN).
+
+    The Gaussian prediction underestimates CNN accuracy at larger p (a flipped kernel bit moves
+    every position at once: few, large, correlated moves, far from Gaussian). Measured with 4
+    training epochs: -0.006 at p = 0.01 and -0.044 to -0.060 at p = 0.05 against a 16-map
+    sweep (docs/propagation.md).
+    """
+    net = _trained((32,), epochs=4, arch="vgg3")
+    _, (x, y) = _digits()
+    rates = [0.0, 0.01, 0.05]
+    read = torch.tensor([[p, p] for p in rates])
+    prob, correct = predict_correct(network_layers(net.blocks, net.head), x, y, read)
+    predicted = float(correct.float().mean()) + (prob - correct.float()).mean(1).numpy()
+    measured = sweep(net, (x, y), rates, realizations=16, seed=0).mean
+    assert abs(predicted[1] - measured[1]) <= 0.02, (predicted, measured)
+    assert abs(predicted[2] - measured[2]) <= 0.08, (predicted, measured)

@@ -63,7 +63,7 @@ class BetLogging(Callback):
         prefix: str = "val/bet",
         per_layer: bool = True,
         samples_per_batch: int | None = 16,
-        predict_rows: int | None = 2,
+        predict_rows: int | None = 1,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"Expected `prefix` to be a non-empty string, but got {prefix!r}")
