@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "SweepCallback": "lightning_bet.callbacks.sweep",
     "SweepResult": "lightning_bet.sweep",
     "sweep": "lightning_bet.sweep",
+    "predicted_sweep": "lightning_bet.sweep",
     "bet_area": "lightning_bet.sweep",
     # edge export
     "DeployModel": "lightning_bet.deploy.model",

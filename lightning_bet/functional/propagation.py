@@ -205,6 +205,20 @@ def _flip_probability(
     ``t`` the tolerated flips of METHOD §4, continuity correction 1) and ``delta = |s|`` for
     real inputs. Neurons whose output cannot change (``gamma = 0``, or a threshold out of the
     reachable ``[-n, n]`` for binary inputs) get ``q = 0``.
+
+    Args:
+        a: clean pre-activations ``(N, K, ...)``: everything that depends only on them is
+            computed once for all error rates.
+        mu: ``(R N, K, ...)`` means, rate-major.
+        var: variances, broadcastable to ``mu``.
+        tau: ``(K,)`` thresholds.
+        d: ``(K,)`` directions.
+        n: fan-in per position, broadcastable to ``a``.
+        binary: binary inputs (lattice) or real inputs.
+
+    Returns:
+        ``(q, side, slope)``: ``q`` and ``slope`` like ``mu``, ``side`` like ``a``.
+
     """
     shape = (1, -1) + (1,) * (a.dim() - 2)
     tau, d = tau.view(shape), d.view(shape)
@@ -213,21 +227,23 @@ def _flip_probability(
     s = d * (a - tau0)
     side = s >= 0
     if binary:
-        t = torch.where(side, torch.floor(s / 2), torch.ceil(-s / 2) - 1)
-        delta = 2 * t + 1
+        # 2 t + 1 = |2 floor(s / 2) + 1| for both sides (t = floor(s / 2) or ceil(-s / 2) - 1)
+        delta = torch.floor(s * 0.5).mul_(2).add_(1).abs_()
         reachable = (d * (-n - tau0) >= 0) != (d * (n - tau0) >= 0)
-        active = finite & reachable
+        active = (finite & reachable).to(a.dtype)
     else:
         delta = s.abs()
-        active = finite.expand_as(s)
-    num = torch.where(side, d, -d) * (a - mu) - delta
-    sigma = var.clamp_min(0).sqrt()
-    positive = sigma > 0
-    z = torch.where(positive, num / torch.where(positive, sigma, 1), -torch.inf)
-    q = torch.where(active, torch.special.ndtr(z), 0)
-    density = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    slope = torch.where(positive & active, d * density / torch.where(positive, sigma, 1), 0)
-    return q, side.expand_as(q), slope
+        active = finite.to(a.dtype)
+    gd = torch.where(side, d, -d)  # g d
+    rates = mu.shape[0] // a.shape[0]
+    base = (gd * a - delta).unsqueeze(0)  # (1, N, K, ...)
+    sigma = var.clamp_min(1e-12).sqrt()  # p = 0: z -> -inf, q = 0, slope = 0
+    num = base - gd * mu.view(rates, *a.shape)
+    z = num.view_as(mu).div_(sigma)
+    q = torch.special.ndtr(z).mul_(active)
+    slope = z.square_().mul_(-0.5).exp_().mul_(1 / math.sqrt(2 * math.pi)).div_(sigma)
+    slope = slope.mul_(d * active)
+    return q, side, slope
 
 
 def _max_pool(
@@ -378,10 +394,10 @@ def predict_correct(
                 var = var - col("beta", a_b) * op(big_q)
         tau = layer.tau.to(device=device, dtype=dtype)
         d = layer.direction.to(device=device, dtype=dtype)
-        q_new, side, slope = _flip_probability(a_b, mu, var, tau, d, n, layer.binary_input)
+        q_new, side, slope = _flip_probability(a, mu, var, tau, d, n, layer.binary_input)
         if layer.pool is not None:
             a = F.max_pool2d(a, layer.pool)
-            q_new, slope = _max_pool(q_new, side, slope, batch(a), tau, d, layer.pool)
+            q_new, slope = _max_pool(q_new, batch(side), slope, batch(a), tau, d, layer.pool)
         saved.append((op, layer, v, q, slope, a.shape[1:]))
         h = _decide(a, tau, d)
         q = q_new
