@@ -37,13 +37,14 @@ class BetLogging(Callback):
             accuracies ``val/bet/acc_pred_p{p}`` (see ``BitErrorTolerance``).
         quantiles: low quantiles of the normalized margin to log.
         prefix: logging key of the scalar; per-layer keys are ``f"{prefix}/{name}"``.
-        per_layer: also log the per-layer values.
+        per_layer: also log the other values (per-layer statistics, ``survival``,
+            ``acc_pred_p{p}``, ``bet_pred``).
         samples_per_batch: feed the hidden layers' statistics with only the first this many
             samples of each validation batch (``None``: all); the output-layer statistics (one
             value per sample) always use every sample. Hidden-layer margin statistics need far
             fewer samples than accuracy does (16 samples x 2048 neurons per batch): on the demo
-            models ``val/bet`` moves by 0.001 between 16 and all samples, and the default keeps
-            the metric's cost to a few percent of the validation epoch
+            models the survival rate moved by 0.001 between 16 and all samples, and the default
+            keeps the statistics' cost to a few percent of the validation epoch
             (``lightning-bet bench metric_cost``).
         predict_rows: of those samples, the first this many per batch feed the predicted
             accuracy (``None``: all ``samples_per_batch``). The prediction costs about two
