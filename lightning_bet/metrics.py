@@ -330,7 +330,7 @@ class BitErrorTolerance(Metric):
         """The network the metric measures."""
         return self._net
 
-    def update(self, x: Tensor | dict[str, Any], y: Tensor) -> None:
+    def update(self, x: Tensor | dict[str, Any], y: Tensor, predict: bool = True) -> None:
         """Run the network on ``x`` (eval mode) and accumulate statistics.
 
         Args:
@@ -339,12 +339,15 @@ class BitErrorTolerance(Metric):
                 forward pass instead of running the network a second time; the hidden blocks'
                 records may hold only the first samples of the batch, the logits hold all).
             y: ``(N,)`` integer class labels.
+            predict: also feed rows of this batch to the predicted accuracy (``False``: only
+                clean accuracy and the margin statistics; the control variate stays unbiased).
 
         """
         if isinstance(x, dict):
             with single_torch_thread():
                 self._accumulate(x, y)
-            self._predict(x["inputs"][0], y.to(x["logits"].device))  # matmuls: all threads
+            if predict:
+                self._predict(x["inputs"][0], y.to(x["logits"].device))  # matmuls: all threads
             return
         self._check_batch(x, y)
         net = self._net
@@ -358,7 +361,8 @@ class BitErrorTolerance(Metric):
                 module.training = mode
         with single_torch_thread():
             self._accumulate(records, y)
-        self._predict(records["inputs"][0], y.to(x.device))
+        if predict:
+            self._predict(records["inputs"][0], y.to(x.device))
 
     @staticmethod
     def _check_batch(x: Tensor, y: Tensor) -> None:
@@ -460,8 +464,7 @@ class BitErrorTolerance(Metric):
     def reset(self) -> None:
         """Reset the states and drop the cached per-layer constants."""
         super().reset()
-        self._constants.clear()
-        self._layers_cache = None
+        self._constants.clear()  # the propagation layers' cache is keyed by tensor versions
         self._pending, self._pending_rows = [], 0
 
     def _layer_constants(self, i: int, block: nn.Module, a: Tensor) -> dict[str, Any]:

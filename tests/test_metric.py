@@ -143,6 +143,8 @@ def test_predictor_arguments():
     net = _model()
     with pytest.raises(ValueError, match="Expected `predict_rows` to be a positive int or None"):
         BitErrorTolerance(net, predict_rows=0)
+    with pytest.raises(ValueError, match="Expected `predict_every` to be a positive int"):
+        BetLogging(predict_every=0)
     with pytest.raises(ValueError, match="Expected every error rate in `error_rates` to be"):
         BitErrorTolerance(net, predict_grid=(0.0, 2.0))
     with pytest.raises(TypeError, match=r"Expected `fault_model\(0.0\)` to return a FaultModel"):
@@ -309,8 +311,8 @@ def test_callback_logs_val_bet(tmp_path):
     assert "val/bet/survival" in logged and "val/bet/acc_pred_p0.05" in logged
     module.eval()
     metric = BitErrorTolerance(module, error_rates=RATES, predict_rows=1)  # the callback's rows
-    for xb, yb in zip(x.split(16), y.split(16), strict=True):
-        metric.update(xb, yb)
+    for i, (xb, yb) in enumerate(zip(x.split(16), y.split(16), strict=True)):
+        metric.update(xb, yb, predict=i % 2 == 0)  # predict_every=2
     values = metric.compute()
     assert float(logged["val/bet"]) == pytest.approx(float(values["bet_pred"]), rel=1e-5)
     assert float(logged["val/bet/survival"]) == pytest.approx(float(values["survival"]), rel=1e-5)
