@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "SweepResult": "lightning_bet.sweeps",
     "sweep": "lightning_bet.sweeps",
     "bet_area": "lightning_bet.sweeps",
+    "predicted_sweep": "lightning_bet.sweeps",
     "summary": "lightning_bet.model_summary",
     "BitSummaryCallback": "lightning_bet.model_summary",
     # edge export

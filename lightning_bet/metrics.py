@@ -6,16 +6,18 @@ margins ``m / sqrt(n)``, the tolerated flips ``t`` and the analytic neuron flip 
 configured error rates. All states are sum-reduced counts or sums, so DDP reduces them exactly;
 quantiles and medians come from fixed-bin histograms of those counts.
 
-The scalar ``bet`` (logged as ``val/bet``) is the predicted neuron *survival* rate:
-``bet = 1 - mean over hidden layers and configured error rates of the predicted neuron flip
-rate``. It lies in [0, 1], higher is better, and it is what ``lightning-bet validity`` tests
-against the fault-injection BET area.
+The scalar ``bet`` (logged as ``val/bet``) is the *predicted BET area* ``bet_pred`` (METHOD
+§4b): the accuracy under bit errors predicted by propagating flip probabilities through the
+network (:mod:`lightning_bet.functional.propagation`), integrated over the METHOD §6 grid like
+the fault-injection BET area. The §4 predicted neuron *survival* rate (``1 - mean over hidden
+layers and configured error rates of the predicted neuron flip rate``) stays available as
+``survival``. ``lightning-bet validity`` tests both against the fault-injection BET area.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,9 +28,16 @@ from torchmetrics import Metric
 
 from lightning_bet._plotting import pyplot
 from lightning_bet._threads import single_torch_thread
+from lightning_bet._validation import check_positive_int
+from lightning_bet.functional.faults import FaultModel
 from lightning_bet.functional.margins import (
     fold_batchnorm,
     output_margin,
+)
+from lightning_bet.functional.propagation import (
+    network_layers,
+    predict_correct,
+    read_error_rates,
 )
 from lightning_bet.layers import BinaryLinear, binary_layers
 from lightning_bet.models import BNN
@@ -41,6 +50,8 @@ __all__ = ["BitErrorTolerance", "capture_activations", "resolve_bnn"]
 DEFAULT_ERROR_RATES = (0.005, 0.01, 0.02, 0.05, 0.1)
 
 _SQRT_HALF = math.sqrt(0.5)
+#: Rows the prediction waits for before it runs (see ``BitErrorTolerance._predict``).
+PREDICT_CHUNK = 64
 
 
 def resolve_bnn(model: nn.Module) -> BNN:
@@ -125,34 +136,55 @@ def _sum_squares(block: nn.Module, x: Tensor) -> Tensor:
 
 
 class BitErrorTolerance(Metric):
-    """Margin-based bit error tolerance of a BNN, without fault injection (METHOD §4).
+    """Bit error tolerance of a BNN without fault injection (METHOD §4 and §4b).
 
-    For every hidden layer ``l`` (fan-in ``n``) and every neuron output of every sample:
-    normalized margin ``m / sqrt(n)``, tolerated flips ``t`` (exact for binary inputs; for the
-    real-valued first layer the guaranteed count ``t = max k with 2 k max_i |x_i| within the
-    margin``, a lower bound) and the analytic probability that the output changes at each error
-    rate in ``error_rates`` (lattice form with continuity correction for binary inputs, the
-    continuous METHOD §4 formula with ``sum_i x_i^2`` for real inputs). For the output layer:
-    the margin ``a_y - max_{c != y} a_c`` normalized by ``sqrt(n)``.
+    Predicted accuracy (METHOD §4b): for each sample the probability ``P`` that it stays
+    correctly classified when the stored weight bits read wrong, from one clean forward pass
+    (:func:`~lightning_bet.functional.propagation.predict_correct`), at every error rate of the
+    METHOD §6 grid and of ``error_rates``. The accuracy estimate is the control variate
+    ``acc_pred(p) = clean accuracy (all samples) + mean over evaluated rows of (P - correct)``,
+    so evaluating only some rows of each batch (``predict_rows``) adds little noise.
 
-    Cost: the statistics are about fifteen elementwise passes per layer plus one ``erf`` pass
-    over all error rates, run on one intra-op thread (on a busy CPU, waking a thread pool for
-    each of these cheap passes costs more than the arithmetic: measured 5-15x slower with 2
+    Margin statistics (METHOD §4): for every hidden layer ``l`` (fan-in ``n``) and every neuron
+    output of every sample: normalized margin ``m / sqrt(n)``, tolerated flips ``t`` (exact for
+    binary inputs; for the real-valued first layer the guaranteed count ``t = max k with 2 k
+    max_i |x_i| within the margin``, a lower bound) and the analytic probability that the
+    output changes at each error rate in ``error_rates`` (lattice form with continuity
+    correction for binary inputs, the continuous METHOD §4 formula with ``sum_i x_i^2`` for real
+    inputs). For the output layer: the margin ``a_y - max_{c != y} a_c`` normalized by
+    ``sqrt(n)``.
+
+    Cost: the margin statistics are about fifteen elementwise passes per layer plus one ``erf``
+    pass over all error rates, run on one intra-op thread (on a busy CPU, waking a thread pool
+    for each of these cheap passes costs more than the arithmetic: measured 5-15x slower with 2
     threads than with 1 on a loaded 2-core machine), with the BatchNorm folding cached while
-    the BatchNorm is unchanged; :class:`~lightning_bet.callbacks.bet_logging.BetLogging` reuses
-    the validation forward pass and by default feeds the hidden layers 16 samples per batch.
+    the BatchNorm is unchanged. The prediction costs about two matrix products per hidden
+    layer, evaluated row and error rate (``lightning-bet bench metric_cost``).
+    :class:`~lightning_bet.callbacks.bet_logging.BetLogging` reuses the validation forward pass
+    and feeds only the first samples of each batch to the hidden-layer statistics and the
+    prediction.
 
     ``compute()`` returns a flat dict of 0-dim tensors:
 
-    - ``"bet"``: ``1 - mean_{l, p} flip_rate_l(p)``, the predicted neuron survival rate
-      (higher is better); the documented scalar logged as ``val/bet``.
+    - ``"bet"`` = ``"bet_pred"``: the predicted BET area, the trapezoid area under
+      ``acc_pred(p)`` over ``predict_grid`` (default: the METHOD §6 grid 0, 0.1%, 0.5%, 1%, 2%,
+      3.3%, 5%, 7.5%, 10%) divided by the grid width, i.e. the fault-injection BET area of
+      :func:`lightning_bet.sweep.bet_area` predicted without fault injection; in [0, 1], higher
+      is better. The documented scalar logged as ``val/bet``.
+    - ``"acc_pred_p{p}"`` for each rate of ``error_rates`` (e.g. ``acc_pred_p0.01``, the
+      predicted accuracy at ``p = 0.01``; key names use only characters every Lightning
+      logger accepts).
+    - ``"survival"``: ``1 - mean_{l, p} flip_rate_l(p)``, the METHOD §4 predicted neuron
+      survival rate (the scalar ``val/bet`` was before the predictor).
     - ``"layer{l}/margin_mean"``, ``"layer{l}/margin_q{q}"`` (low quantiles of ``m / sqrt(n)``,
       resolved to the histogram bin width ``margin_range / margin_bins`` and reported as the
       lower edge of the bin), ``"layer{l}/tolerated_fraction_median"`` (median ``t / n``, exact:
-      one bin per integer ``t``), ``"layer{l}/flip_rate_p{p}"`` (e.g. ``flip_rate_p0.01``;
-      key names use only characters every Lightning logger accepts).
+      one bin per integer ``t``), ``"layer{l}/flip_rate_p{p}"`` (e.g. ``flip_rate_p0.01``).
     - ``"output/margin_mean"``, ``"output/margin_q{q}"`` (same binning over
       ``[-margin_range, margin_range]``).
+
+    All states are sums (``dist_reduce_fx="sum"``), so under DDP the result equals one process
+    seeing all the data.
 
     The model is held by reference, not registered as a submodule: the metric's ``state_dict``
     holds only its states, and moving the metric does not move the model. The forward pass runs
@@ -162,11 +194,17 @@ class BitErrorTolerance(Metric):
         model: any module made of the project's binary layers (a
             :class:`~lightning_bet.models.BNN`, a ``BNNClassifier``, a user's ``nn.Sequential``
             or ``LightningModule``): its blocks are found by :func:`lightning_bet.network.blocks`.
-        error_rates: error rates of the predicted flip rate, each in [0, 1], non-empty.
+        error_rates: error rates of the predicted flip rate and of ``acc_pred_p{p}``, each in
+            [0, 1], non-empty.
         quantiles: low quantiles of the normalized margin to report, each in (0, 1).
         margin_range: upper end of the normalized margin histogram (larger values go to an
             overflow bin).
         margin_bins: number of histogram bins over ``[0, margin_range]``.
+        fault_model: ``p -> FaultModel`` of the prediction (default: symmetric flips
+            ``FaultModel(p=p)``), e.g. ``lambda p: FaultModel(p01=p, p10=p / 2)``.
+        predict_grid: error rates of ``bet_pred`` (default: the METHOD §6 grid).
+        predict_rows: predict only the first this many samples of each update (``None``: all
+            samples given; clean accuracy always uses every sample).
         kwargs: passed to ``torchmetrics.Metric``.
 
     Example:
@@ -191,6 +229,9 @@ class BitErrorTolerance(Metric):
         quantiles: Sequence[float] = (0.01, 0.05, 0.1),
         margin_range: float = 16.0,
         margin_bins: int = 1024,
+        fault_model: Callable[[float], FaultModel] | None = None,
+        predict_grid: Sequence[float] | None = None,
+        predict_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -216,7 +257,32 @@ class BitErrorTolerance(Metric):
             raise ValueError(
                 f"Expected `margin_bins` to be a positive int, but got {margin_bins!r}"
             )
+        if predict_rows is not None:
+            check_positive_int("predict_rows", predict_rows, "a positive int or None")
+        from lightning_bet.sweep import DEFAULT_ERROR_RATES as BET_GRID
+        from lightning_bet.sweep import _check_grid
+
+        grid = _check_grid(BET_GRID if predict_grid is None else predict_grid)
+        make_fault = fault_model if fault_model is not None else (lambda p: FaultModel(p=p))
         object.__setattr__(self, "_net", net)  # held by reference, see the class docstring
+        self.predict_grid = tuple(sorted(set(grid)))
+        self.predict_rows = predict_rows
+        self.predict_rates = tuple(sorted(set(self.predict_grid) | {float(p) for p in rates}))
+        read = []
+        for p in self.predict_rates:
+            fm = make_fault(p)
+            if not isinstance(fm, FaultModel):
+                raise TypeError(
+                    f"Expected `fault_model({p!r})` to return a FaultModel, but got "
+                    f"{type(fm).__name__}"
+                )
+            read.append(read_error_rates(fm))
+        self._read_rates = torch.tensor(read, dtype=torch.float64)
+        # rates that can change a weight (P = correct exactly where no bit reads wrong)
+        self._faulty = [i for i, rr in enumerate(read) if rr != (0.0, 0.0)]
+        self._layers_cache: tuple[Any, list] | None = None
+        self._pending: list[tuple[Tensor, Tensor]] = []  # rows waiting for the prediction
+        self._pending_rows = 0
         self.error_rates = tuple(float(p) for p in rates)
         self.rates = self.error_rates
         self.quantiles = tuple(float(q) for q in quantiles)
@@ -241,6 +307,13 @@ class BitErrorTolerance(Metric):
                 dist_reduce_fx="sum",
             )
         self.add_state("out_count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("clean_correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("pred_rows", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state(
+            "pred_gap_sum",
+            torch.zeros(len(self.predict_rates), dtype=torch.float64),
+            dist_reduce_fx="sum",
+        )
         self.add_state("out_margin_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state(
             "out_margin_hist",
@@ -253,7 +326,7 @@ class BitErrorTolerance(Metric):
         """The block view of the network the metric measures."""
         return self._net
 
-    def update(self, x: Tensor | dict[str, Any], y: Tensor) -> None:
+    def update(self, x: Tensor | dict[str, Any], y: Tensor, predict: bool = True) -> None:
         """Run the network on ``x`` (eval mode) and accumulate statistics.
 
         Args:
@@ -262,11 +335,15 @@ class BitErrorTolerance(Metric):
                 forward pass instead of running the network a second time; the hidden blocks'
                 records may hold only the first samples of the batch, the logits hold all).
             y: ``(N,)`` integer class labels.
+            predict: also feed rows of this batch to the predicted accuracy (``False``: only
+                clean accuracy and the margin statistics; the control variate stays unbiased).
 
         """
         if isinstance(x, dict):
             with single_torch_thread():
                 self._accumulate(x, y)
+            if predict:
+                self._predict(x["inputs"][0], y.to(x["logits"].device))  # matmuls: all threads
             return
         self._check_batch(x, y)
         net = self._net.module
@@ -280,6 +357,8 @@ class BitErrorTolerance(Metric):
                 module.training = mode
         with single_torch_thread():
             self._accumulate(records, y)
+        if predict:
+            self._predict(records["inputs"][0], y.to(x.device))
 
     @staticmethod
     def _check_batch(x: Tensor, y: Tensor) -> None:
@@ -321,11 +400,68 @@ class BitErrorTolerance(Metric):
         self.out_margin_hist += torch.bincount(index, minlength=2 * self.margin_bins + 2).to(
             self.out_margin_hist.device
         )
+        target = y.to(logits.device)
+        self.clean_correct += (logits.argmax(1) == target).sum().to(self.clean_correct.device)
+
+    def _predict(self, x: Tensor, y: Tensor) -> None:
+        """Queue the first rows of the batch; predict once :data:`PREDICT_CHUNK` rows wait.
+
+        One call on many rows reads each weight matrix once for all of them: on the FCNN
+        784-2048-2048-10, 16 rows in one call took 190 ms and 16 calls of one row 670 ms.
+        """
+        rows = x.shape[0] if self.predict_rows is None else min(x.shape[0], self.predict_rows)
+        if rows == 0:
+            return
+        self._pending.append((x[:rows].detach().clone(), y[:rows].clone()))
+        self._pending_rows += rows
+        if self._pending_rows >= PREDICT_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Predict the queued rows and add ``sum (P - correct)`` per error rate to the state."""
+        if not self._pending:
+            return
+        x = torch.cat([xb for xb, _ in self._pending])
+        y = torch.cat([yb for _, yb in self._pending])
+        self._pending, self._pending_rows = [], 0
+        self.pred_rows += x.shape[0]
+        if not self._faulty:
+            return
+        with torch.no_grad():
+            prob, correct = predict_correct(
+                self._propagation_layers(), x, y, self._read_rates[self._faulty]
+            )
+        gap = (prob.to(torch.float64) - correct.to(torch.float64)).sum(1)
+        faulty = torch.tensor(self._faulty, device=self.device)
+        self.pred_gap_sum.index_add_(0, faulty, gap.to(self.device))
+
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        """Predict the queued rows, then ``torchmetrics.Metric.sync`` (``compute`` syncs first)."""
+        if not self._is_synced:
+            self._flush()
+        super().sync(*args, **kwargs)
+
+    def _propagation_layers(self) -> list:
+        """:func:`network_layers` of the network, cached while its tensors are unchanged."""
+        net = self._net
+        try:
+            key = tuple(
+                (id(t), t.data_ptr(), t._version, t.device)
+                for t in (*net.parameters(), *net.buffers())
+            )
+        except RuntimeError:  # inference tensors have no version counter: do not cache
+            key = None
+        if key is not None and self._layers_cache is not None and self._layers_cache[0] == key:
+            return self._layers_cache[1]
+        layers = network_layers(net.blocks, net.head)
+        self._layers_cache = (key, layers) if key is not None else None
+        return layers
 
     def reset(self) -> None:
         """Reset the states and drop the cached per-layer constants."""
         super().reset()
-        self._constants.clear()
+        self._constants.clear()  # the propagation layers' cache is keyed by tensor versions
+        self._pending, self._pending_rows = [], 0
 
     def _layer_constants(self, i: int, block: nn.Module, a: Tensor) -> dict[str, Any]:
         """Per-layer constants of the statistics, cached while the BatchNorm is unchanged.
@@ -486,7 +622,20 @@ class BitErrorTolerance(Metric):
             out[f"output/margin_q{q:g}"] = torch.tensor(
                 k * width, dtype=torch.float64, device=self.device
             )
-        out["bet"] = 1.0 - torch.stack(rates).mean()
+        out["survival"] = 1.0 - torch.stack(rates).mean()
+        rows = int(self.pred_rows)
+        if rows == 0:
+            raise ValueError("Expected `update` to be called before `compute`, but got no data")
+        clean = self.clean_correct.to(torch.float64) / max(count, 1)
+        acc = (clean + self.pred_gap_sum / rows).clamp(0.0, 1.0)
+        for p in self.error_rates:
+            out[f"acc_pred_p{p:g}"] = acc[self.predict_rates.index(p)]
+        grid = torch.tensor(self.predict_grid, dtype=torch.float64, device=acc.device)
+        on_grid = acc[[self.predict_rates.index(p) for p in self.predict_grid]]
+        width = self.predict_grid[-1] - self.predict_grid[0]
+        area = torch.trapezoid(on_grid, grid) / width if width > 0 else on_grid.mean()
+        out["bet_pred"] = area
+        out["bet"] = area
         return out
 
     def plot(self, val: dict[str, Tensor] | None = None, ax: Any = None) -> tuple[Any, Any]:

@@ -54,6 +54,7 @@ __all__ = [
     "fault_family",
     "fault_maps",
     "naive_accuracy",
+    "predicted_sweep",
     "sweep",
 ]
 
@@ -462,6 +463,93 @@ def sweep(
     return SweepResult(rates, acc, config)
 
 
+@torch.no_grad()
+def predicted_sweep(
+    model: nn.Module,
+    data: Any,
+    error_rates: Sequence[float] = DEFAULT_ERROR_RATES,
+    fault_model: Callable[[float], FaultModel] | None = None,
+    batch_size: int = 1000,
+) -> SweepResult:
+    """Predicted accuracy over weight error rate, without fault injection (METHOD §4b).
+
+    The same result type as :func:`sweep`, with one "realization" per error rate: the
+    accuracy predicted by :func:`~lightning_bet.functional.propagation.predict_correct` on
+    every sample, ``clean accuracy + mean(P - correct)``. ``result.area`` is the predicted BET
+    area (the value ``val/bet`` logs, here on all of ``data``).
+
+    Args:
+        model: a BNN or a module holding one as ``.net`` (e.g. ``BNNClassifier``).
+        data: ``(x, y)`` tensors or an iterable of ``(x, y)`` batches.
+        error_rates: the grid, each in [0, 1] (default: METHOD §6).
+        fault_model: ``p -> FaultModel`` (default: symmetric flips ``FaultModel(p=p)``).
+        batch_size: samples per call of the propagation (memory: about ``2 R`` times a
+            forward pass of that many samples).
+
+    Returns:
+        A :class:`SweepResult` with ``accuracy`` of shape ``(P, 1)`` and
+        ``config["evaluator"] == "predicted"``.
+
+    Example:
+        >>> from lightning_bet.models import build_model
+        >>> net = build_model(hidden=(32,)).eval()
+        >>> x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+        >>> predicted_sweep(net, (x, y), error_rates=[0.0, 0.1]).accuracy.shape
+        (2, 1)
+
+    """
+    from lightning_bet.functional.propagation import (
+        network_layers,
+        predict_correct,
+        read_error_rates,
+    )
+
+    net = resolve_bnn(model)
+    rates = _check_grid(error_rates)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be a positive int, but got {batch_size!r}")
+    make_model = fault_model if fault_model is not None else _symmetric
+    if not callable(make_model):
+        raise TypeError(
+            f"Expected `fault_model` to be a callable p -> FaultModel, but got {make_model!r}"
+        )
+    read = []
+    for p in rates:
+        fm = make_model(p)
+        if not isinstance(fm, FaultModel):
+            raise TypeError(
+                f"Expected `fault_model({p!r})` to return a FaultModel, but got {type(fm).__name__}"
+            )
+        read.append(read_error_rates(fm))
+    x, y = _collect(data)
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        layers = network_layers(net.blocks, net.head)
+        read_rates = torch.tensor(read, dtype=torch.float64)
+        gap = torch.zeros(len(rates), dtype=torch.float64)
+        clean = 0
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+            xb, yb = xb.to(device), yb.to(device)
+            clean += int((net(xb).argmax(1) == yb).sum())
+            prob, correct = predict_correct(layers, xb, yb, read_rates)
+            gap += (prob.double() - correct.double()).sum(1).cpu()
+    finally:
+        net.train(was_training)
+    n = x.shape[0]
+    acc = np.clip(clean / n + gap.numpy() / n, 0.0, 1.0)
+    config = {
+        "evaluator": "predicted",
+        "semantics": "predicted, no fault injection",
+        "realizations": 1,
+        "fault_model_at_first_rate": make_model(rates[0]).to_dict(),
+        "samples": int(n),
+        "batch_size": batch_size,
+    }
+    return SweepResult(rates, acc.reshape(-1, 1), config)
+
+
 def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -591,6 +679,11 @@ def cli_main(argv: Sequence[str] | None = None) -> dict:
         "--split", choices=("test", "val"), default="test", help="which split to evaluate"
     )
     parser.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+    parser.add_argument(
+        "--predict",
+        action="store_true",
+        help="also predict the curve without fault injection (METHOD §4b) and draw both",
+    )
     args = parse(parser, argv)
     family = fault_family(args.fault)
     module, datamodule = load_checkpoint(
@@ -614,5 +707,17 @@ def cli_main(argv: Sequence[str] | None = None) -> dict:
     )
     files = write_outputs(result, args.out)
     print(result.to_markdown())
+    output = {"result": result.to_dict(), "files": files}
+    if args.predict:
+        predicted = predicted_sweep(
+            module, loader, error_rates=args.error_rates, fault_model=family
+        )
+        files["predicted_json"] = str(Path(args.out) / "predicted.json")
+        Path(files["predicted_json"]).write_text(json.dumps(predicted.to_dict(), indent=2) + "\n")
+        fig = result.plot(label=f"measured, area {result.area:.4f}")
+        predicted.plot(files["png"], ax=fig.axes[0], label=f"predicted, area {predicted.area:.4f}")
+        print(f"predicted (no fault injection): BET area **{predicted.area:.4f}**")
+        print(predicted.to_markdown())
+        output["predicted"] = predicted.to_dict()
     print(f"wrote {', '.join(files.values())}")
-    return {"result": result.to_dict(), "files": files}
+    return output

@@ -1,17 +1,23 @@
-"""Does the margin metric predict bit error tolerance (METHOD §4, claim C4)?
+"""Does the logged metric predict bit error tolerance (METHOD §4, §4b, claim C4)?
 
 ``lightning-bet validity --dataset digits`` trains a set of differently trained models
-(training methods x training error rates x margin-regularizer strengths x seeds), measures each
-with :class:`~lightning_bet.metrics.BitErrorTolerance` on the validation split and with a
-fault-injection sweep on the test split (every model on the *same* fault maps), and reports the
-Spearman rank correlation between every metric variant (and the scalar ``bet``) and the BET
-area: across all models, and within training methods (each method's mean removed from both the
-metric and the area before ranking). Variants that take only a few distinct values over the
-model set are flagged (their rank correlation rests on ties).
+(training methods x training error rates x margin-regularizer strengths x seeds, in four
+families: 2- and 3-hidden-layer FCNNs, a ``vgg3``-style CNN, and 2-hidden-layer FCNNs under an
+asymmetric fault model), measures each with :class:`~lightning_bet.metrics.BitErrorTolerance`
+on the validation split and with a fault-injection sweep on the test split (every model on the
+*same* fault maps), and reports the Spearman rank correlation between every metric variant (the
+scalar ``bet``, the predicted BET area, first) and the BET area: across all models, and within
+training methods (each method's mean removed from both the metric and the area before
+ranking). Variants that take only a few distinct values over the model set are flagged (their
+rank correlation rests on ties). For the predicted accuracy curve it also reports, per family,
+the mean absolute error against the sweep on the same (test) samples at p = 0.01, 0.05, 0.1
+(:func:`~lightning_bet.sweep.predicted_sweep`), and the variant ``bet_logged_default``: the
+predicted area from only the rows ``BetLogging`` predicts by default (1 row of every second
+validation batch).
 
-Outputs in ``--out`` (default ``runs/validity``): ``validity.md`` (the table), ``validity.png``
-(scatter of ``bet`` against the BET area, one colour per method) and ``validity.json`` (every
-model's values and every correlation).
+Outputs in ``--out`` (default ``runs/validity``): ``validity.md`` (the tables),
+``validity.png`` (scatter of ``bet`` against the BET area, one colour per method) and
+``validity.json`` (every model's values and every correlation).
 """
 
 from __future__ import annotations
@@ -42,31 +48,82 @@ class ModelSpec:
         p_train: training error rate (0 for plain).
         lam: margin regularizer weight (0: none).
         seed: training seed.
+        arch: ``"fcnn"`` or ``"vgg3"`` (:func:`~lightning_bet.models.build_model` on 8x8).
+        hidden: hidden widths (``vgg3``: the dense layer's width).
+        fault: fault family of the sweep and the metric (:func:`~lightning_bet.sweep.fault_family`
+            names, e.g. ``"asymmetric:0.25"``); training flips stay symmetric.
     """
 
     method: str
     p_train: float
     lam: float
     seed: int
+    arch: str = "fcnn"
+    hidden: tuple[int, ...] = (256, 256)
+    fault: str = "symmetric"
+
+    @property
+    def family(self) -> str:
+        """Architecture and fault family, e.g. ``"fcnn2"``, ``"fcnn3"``, ``"vgg3"``."""
+        base = f"fcnn{len(self.hidden)}" if self.arch == "fcnn" else self.arch
+        return base if self.fault == "symmetric" else f"{base}-{self.fault}"
 
     @property
     def name(self) -> str:
-        """Short readable name."""
-        return f"{self.method}-p{self.p_train:g}-lam{self.lam:g}-s{self.seed}"
+        """Short readable name (the original 2-hidden-layer symmetric models keep theirs)."""
+        name = f"{self.method}-p{self.p_train:g}-lam{self.lam:g}-s{self.seed}"
+        return name if self.family == "fcnn2" else f"{self.family}-{name}"
+
+    def training_key(self) -> tuple:
+        """What the trained weights depend on (models evaluated under two faults share them)."""
+        return (self.method, self.p_train, self.lam, self.seed, self.arch, self.hidden)
 
 
 def default_model_set() -> list[ModelSpec]:
-    """The default study: 18 models.
+    """The default study: 30 models in four families.
 
-    Plain training (3 regularizer strengths x 2 seeds) and both flip-training variants at
-    training error rates 0.02, 0.1, 0.3, with and without the regularizer.
+    - ``fcnn2`` (18, 64-256-256-10): plain training (3 regularizer strengths x 2 seeds) and
+      both flip-training variants at training error rates 0.02, 0.1, 0.3, with and without the
+      regularizer.
+    - ``fcnn3`` (6, 64-256-256-256-10): plain (2 seeds) and both variants at 0.1 and 0.3.
+    - ``vgg3`` (3, C64-MP-C64-MP-FC64-10 on 8x8): plain and both variants at 0.1.
+    - ``fcnn2-asymmetric:0.25`` (3): three ``fcnn2`` models (the same weights) measured under
+      asymmetric faults ``p01 = p``, ``p10 = p / 4``.
     """
     specs = [ModelSpec("plain", 0.0, lam, seed) for lam in (0.0, 0.5, 2.0) for seed in (0, 1)]
     for method in ("straight_through", "hirtzlin"):
         for p in (0.02, 0.1, 0.3):
             for lam in (0.0, 2.0):
                 specs.append(ModelSpec(method, p, lam, 0))
+    deep = (256, 256, 256)
+    specs += [ModelSpec("plain", 0.0, 0.0, seed, hidden=deep) for seed in (0, 1)]
+    for method in ("straight_through", "hirtzlin"):
+        specs += [ModelSpec(method, p, 0.0, 0, hidden=deep) for p in (0.1, 0.3)]
+    trio = [("plain", 0.0), ("straight_through", 0.1), ("hirtzlin", 0.1)]
+    specs += [ModelSpec(m, p, 0.0, 0, arch="vgg3", hidden=(64,)) for m, p in trio]
+    specs += [ModelSpec(m, p, 0.0, 0, fault="asymmetric:0.25") for m, p in trio]
     return specs
+
+
+#: Error rates of the predicted-accuracy MAE against the sweep.
+MAE_RATES = (0.01, 0.05, 0.1)
+#: Rows per validation batch that ``BetLogging`` predicts by default (``predict_rows``).
+LOGGED_ROWS = 1
+#: ``BetLogging`` predicts rows of every this many-th batch by default (``predict_every``).
+LOGGED_EVERY = 2
+
+
+def _correlate(vals: np.ndarray, area: np.ndarray, methods: np.ndarray) -> dict[str, float]:
+    """Spearman with the area across all models and within methods (method means removed)."""
+    resid_v, resid_a = vals.astype(np.float64), area.astype(np.float64)
+    for method in set(methods):
+        mask = methods == method
+        resid_v[mask] -= vals[mask].mean()
+        resid_a[mask] -= area[mask].mean()
+    return {
+        "spearman_all": spearman(vals, area),
+        "spearman_within_method": spearman(resid_v, resid_a),
+    }
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -89,7 +146,9 @@ def _train(spec: ModelSpec, epochs: int) -> Any:
 
     L.seed_everything(spec.seed, verbose=False)
     data = DigitsDataModule(batch_size=64, seed=0)
-    module = BNNClassifier(hidden=(256, 256), lr=1e-3, lr_step_size=max(epochs // 3, 1))
+    module = BNNClassifier(
+        arch=spec.arch, hidden=spec.hidden, lr=1e-3, lr_step_size=max(epochs // 3, 1)
+    )
     callbacks: list = []
     if spec.method != "plain":
         callbacks.append(BitFlipTraining(p=spec.p_train, variant=spec.method, seed=spec.seed))
@@ -175,47 +234,75 @@ def _run(
     from tqdm.auto import tqdm
 
     from lightning_bet.metrics import BitErrorTolerance
-    from lightning_bet.sweeps import DEFAULT_ERROR_RATES, sweep
+    from lightning_bet.sweeps import DEFAULT_ERROR_RATES, fault_family, predicted_sweep, sweep
 
     start = time.perf_counter()
     models = []
+    trained: dict[tuple, Any] = {}
     for spec in tqdm(specs, desc="validity", disable=not progress):
-        module, data = _train(spec, epochs)
+        key = spec.training_key()
+        if key not in trained:
+            trained[key] = _train(spec, epochs)  # small models: keep them all
+        module, data = trained[key]
         data.setup("test")
-        metric = BitErrorTolerance(module)
-        for xb, yb in data.val_dataloader():
+        family = fault_family(spec.fault)
+        metric = BitErrorTolerance(module, fault_model=family)
+        logged = BitErrorTolerance(module, fault_model=family, predict_rows=LOGGED_ROWS)
+        for b, (xb, yb) in enumerate(data.val_dataloader()):
             metric.update(xb, yb)
+            logged.update(xb, yb, predict=b % LOGGED_EVERY == 0)
         values = _metric_variants({k: float(v) for k, v in metric.compute().items()})
-        result = sweep(module, data.test_dataloader(), DEFAULT_ERROR_RATES, realizations, seed)
+        values["bet_logged_default"] = float(logged.compute()["bet_pred"])
+        test = data.test_dataloader()
+        result = sweep(module, test, DEFAULT_ERROR_RATES, realizations, seed, fault_model=family)
+        predicted = predicted_sweep(module, test, DEFAULT_ERROR_RATES, fault_model=family)
         models.append(
             {
                 "name": spec.name,
+                "family": spec.family,
                 "method": spec.method,
                 "p_train": spec.p_train,
                 "lam": spec.lam,
                 "seed": spec.seed,
                 "clean_accuracy": float(result.mean[0]),
                 "bet_area": result.area,
+                "predicted_bet_area": predicted.area,
                 "sweep_mean": result.mean.tolist(),
+                "predicted_mean": predicted.mean.tolist(),
                 "metric": values,
             }
         )
     area = np.array([m["bet_area"] for m in models])
     methods = np.array([m["method"] for m in models])
     correlations: dict[str, dict[str, Any]] = {}
-    for variant in models[0]["metric"]:
+    shared = [v for v in models[0]["metric"] if all(v in m["metric"] for m in models)]
+    for variant in shared:
         vals = np.array([m["metric"][variant] for m in models])
-        resid_v, resid_a = vals.copy(), area.copy()
-        for method in set(methods):
-            mask = methods == method
-            resid_v[mask] -= vals[mask].mean()
-            resid_a[mask] -= area[mask].mean()
         distinct = len(np.unique(np.round(vals, 12)))
         correlations[variant] = {
-            "spearman_all": spearman(vals, area),
-            "spearman_within_method": spearman(resid_v, resid_a),
+            **_correlate(vals, area, methods),
             "distinct_values": distinct,
             "few_levels": distinct <= max(3, len(models) // 2),
+        }
+    families: dict[str, dict[str, Any]] = {}
+    rates = list(DEFAULT_ERROR_RATES)
+    for family in dict.fromkeys(m["family"] for m in models):
+        sel = [m for m in models if m["family"] == family]
+        errors = [
+            abs(m["predicted_mean"][rates.index(p)] - m["sweep_mean"][rates.index(p)])
+            for m in sel
+            for p in MAE_RATES
+        ]
+        vals = np.array([m["metric"]["bet"] for m in sel])
+        families[family] = {
+            "models": len(sel),
+            "mae": float(np.mean(errors)),
+            "max_error": float(np.max(errors)),
+            **_correlate(
+                vals,
+                np.array([m["bet_area"] for m in sel]),
+                methods[[models.index(m) for m in sel]],
+            ),
         }
     seconds = time.perf_counter() - start
     report = {
@@ -225,6 +312,8 @@ def _run(
         "error_rates": list(DEFAULT_ERROR_RATES),
         "models": models,
         "correlations": correlations,
+        "families": families,
+        "mae_error_rates": list(MAE_RATES),
         "seconds": seconds,
     }
     out = Path(out_dir)
@@ -245,12 +334,14 @@ def markdown_table(report: dict[str, Any]) -> str:
 
     n = len(report["models"])
     methods = sorted({m["method"] for m in report["models"]})
+    families = sorted({m.get("family", "fcnn2") for m in report["models"]})
     lines = [
         f"Spearman correlation with the BET area over {n} models ({', '.join(methods)}; "
-        f"digits FCNN 64-256-256-10, {report['epochs']} epochs, sweeps with R = "
+        f"digits, families {', '.join(families)}, {report['epochs']} epochs, sweeps with R = "
         f'{report["realizations"]} shared fault maps per error rate). "within": each training '
-        "method's mean removed from both sides. Flip rates are lower-is-better, so a good "
-        "flip-rate variant correlates negatively.",
+        "method's mean removed from both sides. `bet` is the predicted BET area (`val/bet`), "
+        "`survival` the METHOD §4 neuron survival rate (the scalar before the predictor). Flip "
+        "rates are lower-is-better, so a good flip-rate variant correlates negatively.",
         "",
         "| variant | Spearman (all) | Spearman (within method) | distinct values |",
         "|---|---:|---:|---:|",
@@ -262,11 +353,31 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"| `{name}` | {_fmt(c['spearman_all'])} | {_fmt(c['spearman_within_method'])} | "
             f"{c['distinct_values']}{flag} |"
         )
-    lines += ["", "| model | clean acc | BET area | bet |", "|---|---:|---:|---:|"]
+    if report.get("families"):
+        rates = ", ".join(f"{p:g}" for p in report["mae_error_rates"])
+        lines += [
+            "",
+            f"Per family: `bet` Spearman with the BET area, and the mean (max) absolute error of "
+            f"the predicted accuracy against the sweep on the same test samples at p = {rates} "
+            "(`predicted_sweep`).",
+            "",
+            "| family | models | Spearman (all) | Spearman (within method) | MAE | max error |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for family, f in report["families"].items():
+            lines.append(
+                f"| {family} | {f['models']} | {_fmt(f['spearman_all'])} | "
+                f"{_fmt(f['spearman_within_method'])} | {f['mae']:.4f} | {f['max_error']:.4f} |"
+            )
+    lines += [
+        "",
+        "| model | clean acc | BET area | predicted area (test) | bet (val) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for m in report["models"]:
         lines.append(
             f"| {m['name']} | {m['clean_accuracy']:.4f} | {m['bet_area']:.4f} | "
-            f"{m['metric']['bet']:.4f} |"
+            f"{m.get('predicted_bet_area', float('nan')):.4f} | {m['metric']['bet']:.4f} |"
         )
     lines += ["", f"Total time: {report['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
@@ -283,7 +394,7 @@ def _scatter(models: list[dict[str, Any]], path: Path) -> None:
     for method in sorted({m["method"] for m in models}):
         sel = [m for m in models if m["method"] == method]
         ax.scatter([m["metric"]["bet"] for m in sel], [m["bet_area"] for m in sel], label=method)
-    ax.set_xlabel("bet (predicted neuron survival rate)")
+    ax.set_xlabel("bet (predicted BET area, validation split)")
     ax.set_ylabel("BET area (fault injection)")
     ax.set_title("Margin metric vs measured bit error tolerance")
     ax.legend()

@@ -56,7 +56,7 @@ from lightning_bet.layers import BinaryConv2d, BinaryLinear, binary_layers
 from lightning_bet.metrics import BitErrorTolerance
 from lightning_bet.models import build_model
 from lightning_bet.module import BNNClassifier
-from lightning_bet.sweeps import fault_family, sweep
+from lightning_bet.sweeps import fault_family, predicted_sweep, sweep
 from tests.test_bitflip import boundary_weights, small_model, trainer
 from tests.test_losses import logits_and_targets
 from tests.test_margin_regularization import integer_preacts, random_bn, reference_r
@@ -593,6 +593,20 @@ def test_sweep_of_a_device_model_matches_cpu(device, evaluator, fault):
     np.testing.assert_array_equal(
         sweep(device_net, loader, **kwargs).accuracy, sweep(net, loader, **kwargs).accuracy
     )
+
+
+@pytest.mark.parametrize("arch", ["fcnn", "vgg3"])
+def test_predicted_sweep_of_a_device_model_matches_cpu(device, arch):
+    net = eval_net(arch, hidden=(24, 16) if arch == "fcnn" else (16,))
+    x, y = _digits_like(n=40)
+    kwargs = dict(error_rates=(0.0, 0.02, 0.1), fault_model=fault_family("asymmetric:0.5"))
+    want = predicted_sweep(net, (x, y), **kwargs)
+    device_net = copy.deepcopy(net).to(device)
+    with exact_convolutions(device):
+        got = predicted_sweep(device_net, (x.to(device), y.to(device)), **kwargs)
+    np.testing.assert_allclose(got.accuracy, want.accuracy, rtol=0, atol=1e-5)
+    assert want.accuracy[0, 0] != want.accuracy[-1, 0]  # the faults change something
+    state_on(device_net, device)
 
 
 @pytest.mark.parametrize("evaluator", ["fast", "naive"])

@@ -84,7 +84,7 @@ def _reference(net, x, y, rates):
     own = logits[np.arange(len(yy)), yy]
     logits[np.arange(len(yy)), yy] = -np.inf
     result["output/margin_mean"] = ((own - logits.max(1)) / math.sqrt(w.shape[1])).mean()
-    result["bet"] = 1 - np.mean(flips)
+    result["survival"] = 1 - np.mean(flips)
     return result
 
 
@@ -101,6 +101,55 @@ def test_metric_matches_numpy_reference():
     width = 16.0 / 1024
     assert float(values["layer1/margin_q0.1"]) <= float(values["layer1/margin_mean"])
     assert float(values["layer1/margin_q0.1"]) % width == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("rows", [None, 5])
+def test_predicted_accuracy_and_area_match_the_functional_core(rows):
+    from lightning_bet.sweep import DEFAULT_ERROR_RATES, bet_area
+
+    from lightning_bet.functional.faults import FaultModel
+    from lightning_bet.functional.propagation import (
+        network_layers,
+        predict_correct,
+        read_error_rates,
+    )
+
+    net = _model()
+    x, y = _data()
+    make = lambda p: FaultModel(p01=p, p10=p / 2)  # noqa: E731
+    metric = BitErrorTolerance(net, error_rates=RATES, fault_model=make, predict_rows=rows)
+    batches = list(zip(x.split(16), y.split(16), strict=True))
+    for xb, yb in batches:
+        metric.update(xb, yb)
+    values = metric.compute()
+    grid = sorted(set(DEFAULT_ERROR_RATES) | set(RATES))
+    read = torch.tensor([read_error_rates(make(p)) for p in grid])
+    layers = network_layers(net.blocks, net.head)
+    gaps, count = torch.zeros(len(grid), dtype=torch.float64), 0
+    for xb, yb in batches:
+        xb, yb = (xb, yb) if rows is None else (xb[:rows], yb[:rows])
+        prob, correct = predict_correct(layers, xb, yb, read)
+        gaps += (prob.double() - correct.double()).sum(1)
+        count += len(yb)
+    clean = float((net(x).argmax(1) == y).double().mean())
+    acc = np.clip(clean + gaps.numpy() / count, 0, 1)
+    for p in RATES:
+        assert float(values[f"acc_pred_p{p:g}"]) == pytest.approx(acc[grid.index(p)], abs=1e-6)
+    area = bet_area(DEFAULT_ERROR_RATES, [acc[grid.index(p)] for p in DEFAULT_ERROR_RATES])
+    assert float(values["bet_pred"]) == float(values["bet"]) == pytest.approx(area, abs=1e-6)
+    assert 0.0 <= float(values["survival"]) <= 1.0
+
+
+def test_predictor_arguments():
+    net = _model()
+    with pytest.raises(ValueError, match="Expected `predict_rows` to be a positive int or None"):
+        BitErrorTolerance(net, predict_rows=0)
+    with pytest.raises(ValueError, match="Expected `predict_every` to be a positive int"):
+        BetLogging(predict_every=0)
+    with pytest.raises(ValueError, match="Expected every error rate in `error_rates` to be"):
+        BitErrorTolerance(net, predict_grid=(0.0, 2.0))
+    with pytest.raises(TypeError, match=r"Expected `fault_model\(0.0\)` to return a FaultModel"):
+        BitErrorTolerance(net, fault_model=lambda p: p)
 
 
 def test_quantile_within_one_bin_of_empirical():
@@ -199,7 +248,7 @@ def _ddp_worker(rank, world, port, path):
     try:
         net = _model()
         x, y = _data()
-        metric = BitErrorTolerance(net, error_rates=RATES)
+        metric = BitErrorTolerance(net, error_rates=RATES, predict_rows=7)
         # uneven shards, several updates per rank
         shard = x[:40] if rank == 0 else x[40:]
         labels = y[:40] if rank == 0 else y[40:]
@@ -225,9 +274,13 @@ def test_ddp_two_processes_equal_one(tmp_path):
     ddp = torch.load(path, weights_only=True)
     net = _model()
     x, y = _data()
-    single = BitErrorTolerance(net, error_rates=RATES)
-    single.update(x, y)
+    single = BitErrorTolerance(net, error_rates=RATES, predict_rows=7)
+    for xb, yb in zip(x[:40].split(16), y[:40].split(16), strict=True):  # same rows as the ranks
+        single.update(xb, yb)
+    for xb, yb in zip(x[40:].split(16), y[40:].split(16), strict=True):
+        single.update(xb, yb)
     values = single.compute()
+    assert "acc_pred_p0.05" in values and "bet_pred" in values
     assert set(ddp) == set(values)
     for key in values:
         assert float(ddp[key]) == pytest.approx(float(values[key]), rel=1e-12, abs=1e-12), key
@@ -258,10 +311,14 @@ def test_callback_logs_val_bet(tmp_path):
     logged = trainer.logged_metrics
     assert "val/bet" in logged and "val/bet/layer0/margin_mean" in logged
     assert "val/bet/layer1/flip_rate_p0.05" in logged
+    assert "val/bet/survival" in logged and "val/bet/acc_pred_p0.05" in logged
     module.eval()
-    metric = BitErrorTolerance(module, error_rates=RATES)
-    metric.update(x, y)
-    assert float(logged["val/bet"]) == pytest.approx(float(metric.compute()["bet"]), rel=1e-5)
+    metric = BitErrorTolerance(module, error_rates=RATES, predict_rows=1)  # the callback's rows
+    for i, (xb, yb) in enumerate(zip(x.split(16), y.split(16), strict=True)):
+        metric.update(xb, yb, predict=i % 2 == 0)  # predict_every=2
+    values = metric.compute()
+    assert float(logged["val/bet"]) == pytest.approx(float(values["bet_pred"]), rel=1e-5)
+    assert float(logged["val/bet/survival"]) == pytest.approx(float(values["survival"]), rel=1e-5)
     # hooks are removed after validation
     assert all(not b.bn._forward_pre_hooks for b in module.net.blocks)
     logger.save()

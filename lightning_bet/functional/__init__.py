@@ -24,6 +24,11 @@ from lightning_bet.functional.margins import (
     tolerated_flips_real,
 )
 from lightning_bet.functional.penalties import margin_penalty
+from lightning_bet.functional.propagation import (
+    network_layers,
+    predict_correct,
+    read_error_rates,
+)
 
 __all__ = [
     "FaultModel",
@@ -42,8 +47,11 @@ __all__ = [
     "margin_cross_entropy",
     "margin_penalty",
     "modified_hinge_loss",
+    "network_layers",
     "neuron_margins",
     "output_margin",
+    "predict_correct",
+    "read_error_rates",
     "sample_fault_indices",
     "sample_positions",
     "sign",

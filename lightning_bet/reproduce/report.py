@@ -321,8 +321,10 @@ def write_report(
         "the error rate, the map index and the layer, so all models see the same maps), grid "
         f"{[float(f'{p:g}') for p in settings['error_rates']]}. BET area: normalized trapezoid "
         "area over the METHOD §6 grid (0 ... 0.1).",
-        "- Metric: `BitErrorTolerance` scalar `bet` = 1 - mean predicted neuron flip rate over the "
-        "hidden layers at p in {0.005, 0.01, 0.02, 0.05, 0.1} (no fault injection).",
+        "- Metric: `BitErrorTolerance` scalar `bet` (`val/bet`) = predicted BET area (METHOD §4b): "
+        "the accuracy predicted by propagating flip probabilities through the network at every "
+        "point of the METHOD §6 grid, integrated like the BET area (no fault injection). The "
+        "METHOD §4 neuron survival rate is in each model's `metric.survival`.",
         "- Time: see [Runtime](#runtime).",
         "",
         "## Models",
