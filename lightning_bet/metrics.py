@@ -259,8 +259,8 @@ class BitErrorTolerance(Metric):
             )
         if predict_rows is not None:
             check_positive_int("predict_rows", predict_rows, "a positive int or None")
-        from lightning_bet.sweep import DEFAULT_ERROR_RATES as BET_GRID
-        from lightning_bet.sweep import _check_grid
+        from lightning_bet.sweeps import DEFAULT_ERROR_RATES as BET_GRID
+        from lightning_bet.sweeps import _check_grid
 
         grid = _check_grid(BET_GRID if predict_grid is None else predict_grid)
         make_fault = fault_model if fault_model is not None else (lambda p: FaultModel(p=p))

@@ -105,7 +105,7 @@ def test_metric_matches_numpy_reference():
 
 @pytest.mark.parametrize("rows", [None, 5])
 def test_predicted_accuracy_and_area_match_the_functional_core(rows):
-    from lightning_bet.sweep import DEFAULT_ERROR_RATES, bet_area
+    from lightning_bet.sweeps import DEFAULT_ERROR_RATES, bet_area
 
     from lightning_bet.functional.faults import FaultModel
     from lightning_bet.functional.propagation import (

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from lightning_bet.sweep import sweep
+from lightning_bet.sweeps import sweep
 from torch.nn import functional as F
 
 from lightning_bet.data.digits import DigitsDataModule
@@ -159,7 +159,7 @@ def test_predicted_accuracy_matches_monte_carlo(hidden, family):
 
 
 def test_predicted_sweep_returns_a_sweep_result_matching_the_functional_core():
-    from lightning_bet.sweep import SweepResult, bet_area, predicted_sweep
+    from lightning_bet.sweeps import SweepResult, bet_area, predicted_sweep
 
     net = _random_net((24, 16))
     g = torch.Generator().manual_seed(6)
@@ -183,7 +183,7 @@ def test_predicted_sweep_returns_a_sweep_result_matching_the_functional_core():
 
 
 def test_sweep_cli_predict_draws_both_curves(tmp_path, capsys):
-    from lightning_bet.sweep import cli_main
+    from lightning_bet.sweeps import cli_main
 
     from lightning_bet.cli import make_cli
 
