@@ -30,7 +30,7 @@ threshold can differ (a tiny fraction, reported by ``bench sweep_speedup``).
 Inputs must be ``q / L`` for integers ``q`` in ``[0, L]`` (within ``1e-3 / L``, as the export
 checks): ``L`` is found as the smallest such ``L <= 4096`` (:func:`detect_input_levels`) unless
 given. On other inputs (e.g. standardized ones) :func:`fast_evaluator` reports the reason and
-:func:`~lightning_bet.sweep.sweep` falls back to the float loop.
+:func:`~lightning_bet.sweeps.sweep` falls back to the float loop.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ class BitErrorTolerance(Metric):
     - ``"bet"`` = ``"bet_pred"``: the predicted BET area, the trapezoid area under
       ``acc_pred(p)`` over ``predict_grid`` (default: the METHOD §6 grid 0, 0.1%, 0.5%, 1%, 2%,
       3.3%, 5%, 7.5%, 10%) divided by the grid width, i.e. the fault-injection BET area of
-      :func:`lightning_bet.sweep.bet_area` predicted without fault injection; in [0, 1], higher
+      :func:`lightning_bet.sweeps.bet_area` predicted without fault injection; in [0, 1], higher
       is better. The documented scalar logged as ``val/bet``.
     - ``"acc_pred_p{p}"`` for each rate of ``error_rates`` (e.g. ``acc_pred_p0.01``, the
       predicted accuracy at ``p = 0.01``; key names use only characters every Lightning

@@ -11,7 +11,7 @@ training methods (each method's mean removed from both the metric and the area b
 ranking). Variants that take only a few distinct values over the model set are flagged (their
 rank correlation rests on ties). For the predicted accuracy curve it also reports, per family,
 the mean absolute error against the sweep on the same (test) samples at p = 0.01, 0.05, 0.1
-(:func:`~lightning_bet.sweep.predicted_sweep`), and the variant ``bet_logged_default``: the
+(:func:`~lightning_bet.sweeps.predicted_sweep`), and the variant ``bet_logged_default``: the
 predicted area from only the rows ``BetLogging`` predicts by default (1 row of every second
 validation batch).
 
@@ -50,7 +50,7 @@ class ModelSpec:
         seed: training seed.
         arch: ``"fcnn"`` or ``"vgg3"`` (:func:`~lightning_bet.models.build_model` on 8x8).
         hidden: hidden widths (``vgg3``: the dense layer's width).
-        fault: fault family of the sweep and the metric (:func:`~lightning_bet.sweep.fault_family`
+        fault: fault family of the sweep and the metric (:func:`~lightning_bet.sweeps.fault_family`
             names, e.g. ``"asymmetric:0.25"``); training flips stay symmetric.
     """
 

@@ -105,14 +105,13 @@ def test_metric_matches_numpy_reference():
 
 @pytest.mark.parametrize("rows", [None, 5])
 def test_predicted_accuracy_and_area_match_the_functional_core(rows):
-    from lightning_bet.sweeps import DEFAULT_ERROR_RATES, bet_area
-
     from lightning_bet.functional.faults import FaultModel
     from lightning_bet.functional.propagation import (
         network_layers,
         predict_correct,
         read_error_rates,
     )
+    from lightning_bet.sweeps import DEFAULT_ERROR_RATES, bet_area
 
     net = _model()
     x, y = _data()

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from lightning_bet.sweeps import sweep
 from torch.nn import functional as F
 
 from lightning_bet.data.digits import DigitsDataModule
@@ -18,6 +17,7 @@ from lightning_bet.functional.propagation import (
 )
 from lightning_bet.layers import clip_latent_weights_
 from lightning_bet.models import build_model
+from lightning_bet.sweeps import sweep
 
 
 def _random_net(hidden, seed=0, arch="fcnn"):
@@ -183,9 +183,8 @@ def test_predicted_sweep_returns_a_sweep_result_matching_the_functional_core():
 
 
 def test_sweep_cli_predict_draws_both_curves(tmp_path, capsys):
+    from lightning_bet.recipe import make_cli
     from lightning_bet.sweeps import cli_main
-
-    from lightning_bet.cli import make_cli
 
     cli = make_cli(args=["--config", "recipes/digits_fcnn.yaml"], run=False)
     ckpt = tmp_path / "model.ckpt"
