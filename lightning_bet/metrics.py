@@ -447,7 +447,7 @@ class BitErrorTolerance(Metric):
         try:
             key = tuple(
                 (id(t), t.data_ptr(), t._version, t.device)
-                for t in (*net.parameters(), *net.buffers())
+                for t in (*net.module.parameters(), *net.module.buffers())
             )
         except RuntimeError:  # inference tensors have no version counter: do not cache
             key = None
