@@ -184,4 +184,9 @@ def cli_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli_main()
+    import sys
+
+    from lightning_bet.cli import main as command_line
+
+    # the command line's error path and quiet output, as `lightning-bet demo`
+    sys.exit(command_line(["demo", *sys.argv[1:]]))
