@@ -100,7 +100,8 @@ def _pool_window(index: int, pool: nn.Module | None) -> int:
     return window
 
 
-def _check_block(index: int, block: nn.Module, conv_allowed: bool) -> None:
+def _check_block(index: int, block: nn.Module) -> None:
+    """What the export needs beyond the pattern :func:`lightning_bet.network.blocks` checks."""
     layer = getattr(block, "layer", None)
     if not isinstance(layer, BinaryLinear | BinaryConv2d):
         raise ValueError(
@@ -108,11 +109,6 @@ def _check_block(index: int, block: nn.Module, conv_allowed: bool) -> None:
             f"{index} holds {type(layer).__name__}"
         )
     conv = isinstance(layer, BinaryConv2d)
-    if conv and not conv_allowed:
-        raise ValueError(
-            f"Expected convolutional blocks before dense ones, but hidden block {index} is a "
-            "BinaryConv2d after a dense block"
-        )
     pool = getattr(block, "pool", None)
     if not conv and pool is not None:
         raise ValueError(
@@ -212,10 +208,8 @@ def to_deploy(net: nn.Module, input_levels: int) -> DeployModel:
     check_positive_int("input_levels", input_levels, "an int >= 1")
     view = network_blocks(net, argument="net")
     blocks, head = view.blocks, view.head
-    conv_allowed = True
     for i, block in enumerate(blocks):
-        _check_block(i, block, conv_allowed)
-        conv_allowed = isinstance(block.layer, BinaryConv2d)
+        _check_block(i, block)
     first = blocks[0].layer if len(blocks) else head.layer
     if first.binarize_input:
         raise ValueError(
