@@ -228,6 +228,20 @@ class SweepResult:
         return fig
 
 
+def _check_batch_and_faults(
+    batch_size: Any, fault_model: Callable[[float], FaultModel] | None
+) -> Callable[[float], FaultModel]:
+    """Check ``batch_size`` and ``fault_model``; the fault family (default: symmetric flips)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be a positive int, but got {batch_size!r}")
+    make_model = fault_model if fault_model is not None else _symmetric
+    if not callable(make_model):
+        raise TypeError(
+            f"Expected `fault_model` to be a callable p -> FaultModel, but got {make_model!r}"
+        )
+    return make_model
+
+
 def _check_grid(error_rates: Sequence[float]) -> list[float]:
     if isinstance(error_rates, int | float):
         error_rates = [error_rates]
@@ -396,13 +410,7 @@ def sweep(
         raise ValueError(
             f"Expected `evaluator` to be 'auto', 'fast' or 'naive', but got {evaluator!r}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be a positive int, but got {batch_size!r}")
-    make_model = fault_model if fault_model is not None else _symmetric
-    if not callable(make_model):
-        raise TypeError(
-            f"Expected `fault_model` to be a callable p -> FaultModel, but got {make_model!r}"
-        )
+    make_model = _check_batch_and_faults(batch_size, fault_model)
     x, y = _collect(data)
     layers = [layer for _, layer in binary_layers(net)]
     was_training = net.training
@@ -506,13 +514,7 @@ def predicted_sweep(
 
     net = resolve_bnn(model)
     rates = _check_grid(error_rates)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be a positive int, but got {batch_size!r}")
-    make_model = fault_model if fault_model is not None else _symmetric
-    if not callable(make_model):
-        raise TypeError(
-            f"Expected `fault_model` to be a callable p -> FaultModel, but got {make_model!r}"
-        )
+    make_model = _check_batch_and_faults(batch_size, fault_model)
     read = []
     for p in rates:
         fm = make_model(p)

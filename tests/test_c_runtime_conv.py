@@ -17,7 +17,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.nn import functional as F
 
 from lightning_bet.data.digits import load_digits_splits
 from lightning_bet.deploy.bitstream import BitstreamError, parse_bitstream, write_bitstream
@@ -38,7 +37,6 @@ from lightning_bet.deploy.emulate import emulate, faulty_bitstreams
 from lightning_bet.deploy.fold import DeployModule, deploy_forward, to_deploy
 from lightning_bet.deploy.model import DeployConv, DeployLayer, DeployModel
 from lightning_bet.functional.faults import FaultModel
-from lightning_bet.layers import clip_latent_weights_
 from lightning_bet.models import build_model
 from tests.test_c_runtime import (
     STRICT,
@@ -55,6 +53,7 @@ from tests.test_c_runtime import (
 )
 from tests.test_deploy_conv import conv_net
 from tests.test_deploy_fold import randomize_batchnorm_
+from tests.training import fit_plain
 
 pytestmark = needs_cc
 
@@ -198,16 +197,8 @@ def digits_cnn():
 def digits_cnn_case():
     """The digits CNN trained for 4 epochs by a plain loop, in deploy mode, and the test split."""
     torch.manual_seed(0)
-    net = digits_cnn().train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     x, y = load_digits_splits()["train"]
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(4):  # one torch thread (conftest): the maps are tiny
-        for idx in torch.randperm(len(y), generator=generator).split(64):
-            optimizer.zero_grad()
-            F.cross_entropy(net(x[idx]), y[idx]).backward()
-            optimizer.step()
-            clip_latent_weights_(net)
+    net = fit_plain(digits_cnn(), x, y, epochs=4, lr=3e-3)  # one torch thread (conftest)
     x, y = load_digits_splits()["test"]
     q = torch.round(x * 16).to(torch.int64).reshape(len(x), 1, 8, 8).numpy()
     return to_deploy(net.eval(), 16), q, y.numpy()

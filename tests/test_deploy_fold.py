@@ -17,9 +17,9 @@ from lightning_bet.data.digits import DigitsDataModule, load_digits_splits
 from lightning_bet.deploy.fold import DeployModule, deploy_forward, fold_thresholds, to_deploy
 from lightning_bet.deploy.model import DeployLayer, DeployModel
 from lightning_bet.functional.binarize import sign
-from lightning_bet.layers import clip_latent_weights_
 from lightning_bet.models import build_model
 from lightning_bet.module import BNNClassifier
+from tests.training import fit_plain
 
 DIGITS_EPOCHS = 6
 
@@ -35,22 +35,11 @@ def trained_digits() -> tuple[BNNClassifier, Path]:
     module = BNNClassifier(
         arch="fcnn", hidden=[256, 256], lr=1e-3, weight_decay=0.0, lr_step_size=20, lr_gamma=0.5
     )
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
     x, y = load_digits_splits()["train"]
-    generator = torch.Generator().manual_seed(0)
-    module.train()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: threads only contend on a shared machine
     try:
-        for _ in range(DIGITS_EPOCHS):
-            order = torch.randperm(len(y), generator=generator)
-            for start in range(0, len(y), 64):
-                idx = order[start : start + 64]
-                loss = module.criterion(module(x[idx]), y[idx])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                clip_latent_weights_(module)
+        fit_plain(module, x, y, DIGITS_EPOCHS, lr=1e-3, criterion=module.criterion)
     finally:
         torch.set_num_threads(threads)
     root = Path(tempfile.mkdtemp(prefix="lbet_digits_"))

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
 
 from lightning_bet.data.digits import DigitsDataModule
 from lightning_bet.functional.faults import FaultModel
@@ -15,9 +14,9 @@ from lightning_bet.functional.propagation import (
     predict_correct_reference,
     read_error_rates,
 )
-from lightning_bet.layers import clip_latent_weights_
 from lightning_bet.models import build_model
 from lightning_bet.sweeps import sweep
+from tests.training import fit_plain
 
 
 def _random_net(hidden, seed=0, arch="fcnn"):
@@ -54,19 +53,7 @@ def _trained(hidden, epochs=8, arch="fcnn"):
     (x, y), _ = _digits()
     torch.manual_seed(0)
     net = build_model(arch, (1, 8, 8), 10, hidden)
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        net.train()
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i : i + 64]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            clip_latent_weights_(net)
-    return net.eval()
+    return fit_plain(net, x, y, epochs, lr=1e-2)
 
 
 RATES = [(0.001, 0.001), (0.01, 0.01), (0.1, 0.1), (0.02, 0.005), (0.1, 0.03), (0.3, 0.0)]
